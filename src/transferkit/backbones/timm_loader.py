@@ -1,0 +1,114 @@
+"""timm models as backbones: hub weights when online, a local file otherwise.
+
+The classifier is removed (``reset_classifier(0)``) and the features come from
+timm's ``forward_features``; preprocessing comes from the model's ``pretrained_cfg``
+(R7), never from constants of ours.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import timm
+import timm.data
+from torch import nn
+
+from ..errors import InputError, WeightsUnavailableError, did_you_mean
+from .base import Backbone
+from .weights import load_into, read_weight_file
+
+HUB_HOST = "huggingface.co"
+
+
+def is_timm_name(name: str) -> bool:
+    return timm.is_model(name.removeprefix("timm:"))
+
+
+def timm_data_config(model: nn.Module) -> dict:
+    return dict(timm.data.resolve_data_config({}, model=model))
+
+
+def create_timm_model(
+    name: str, pretrained: bool = True, weights: str | Path | None = None
+) -> tuple[nn.Module, str]:
+    """Build timm's ``name`` with weights; return ``(model, weights_origin)``."""
+    name = name.removeprefix("timm:")
+    if not timm.is_model(name):
+        raise InputError(f"unknown timm model {name!r}{did_you_mean(name, timm.list_models())}")
+    if weights is not None:
+        model = timm.create_model(name, pretrained=False)
+        state, _ = read_weight_file(weights)
+        load_into(model, state, str(weights))
+        return model, f"file:{weights}"
+    if not pretrained:
+        return timm.create_model(name, pretrained=False), "random"
+    return _from_hub(name), "hub"
+
+
+def _from_hub(name: str) -> nn.Module:
+    # The local hub cache first, so a machine that once downloaded works offline.
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return timm.create_model(name, pretrained=True)
+    except Exception:
+        pass
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
+    hint = (
+        f"pass a local weights file (--weights PATH to a .safetensors/.pth of {name}), "
+        "or --weights none for random initialisation"
+    )
+    if not hub_reachable():
+        raise WeightsUnavailableError(
+            f"pretrained weights for {name!r} are not cached and {HUB_HOST} cannot be "
+            f"reached (offline?): {hint}"
+        )
+    try:
+        return timm.create_model(name, pretrained=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"downloading pretrained weights for {name!r} failed ({type(exc).__name__}): {hint}"
+        ) from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick DNS + TCP probe, so offline machines fail in seconds, not after retries."""
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def timm_forward_features(model: nn.Module, x):
+    """timm's feature forward (a named function, so backbones stay picklable)."""
+    return model.forward_features(x)
+
+
+def create_timm_backbone(
+    name: str,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    cut: str | None = None,
+    spec: str | None = None,
+) -> Backbone:
+    model, origin = create_timm_model(name, pretrained=pretrained, weights=weights)
+    name = name.removeprefix("timm:")
+    data_config = timm_data_config(model)
+    model.reset_classifier(0)
+    return Backbone(
+        model,
+        name=name,
+        spec=spec or name,
+        data_config=data_config,
+        features_fn=timm_forward_features,
+        cut=cut,
+        source=f"timm ({origin})",
+    )
