@@ -140,7 +140,11 @@ def _counted_buffers(module: nn.Module) -> Iterable[torch.Tensor]:
     # Keras counts BN moving mean/variance as non-trainable weights. Integer
     # bookkeeping (num_batches_tracked) is not a weight in that sense.
     for name, buf in module.named_buffers(recurse=False):
-        if buf is not None and buf.is_floating_point() and name not in module._non_persistent_buffers_set:
+        if (
+            buf is not None
+            and buf.is_floating_point()
+            and name not in module._non_persistent_buffers_set
+        ):
             yield buf
 
 
@@ -168,8 +172,14 @@ def summary(module: nn.Module) -> Summary:
         if row.weights:
             total.layers.append(row)
     for row in total.layers:
-        for key in ("weights", "trainable_weights", "non_trainable_weights", "params",
-                    "trainable_params", "non_trainable_params"):
+        for key in (
+            "weights",
+            "trainable_weights",
+            "non_trainable_weights",
+            "params",
+            "trainable_params",
+            "non_trainable_params",
+        ):
             setattr(total, key, getattr(total, key) + getattr(row, key))
     return total
 
@@ -249,12 +259,12 @@ def create_optimizer(
     candidates = [list(params) for _, params, _ in specs]
     param_groups = [
         {"params": [p for p in c if p.requires_grad], "lr": group_lr, "name": name}
-        for (name, _, group_lr), c in zip(specs, candidates)
+        for (name, _, group_lr), c in zip(specs, candidates, strict=True)
     ]
     opt = optimizer(param_groups, lr=lr, **kwargs)
 
     def sync(opt: torch.optim.Optimizer, _args, _kwargs) -> None:
-        for group, cands in zip(opt.param_groups, candidates):
+        for group, cands in zip(opt.param_groups, candidates, strict=True):
             group["params"] = [p for p in cands if p.requires_grad]
 
     opt.register_step_pre_hook(sync)

@@ -9,6 +9,7 @@ runs nor counts as a weight.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,8 +29,12 @@ IMAGENET_DATA_CONFIG = {
     "crop_mode": "center",
 }
 
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
-               nn.modules.instancenorm._InstanceNorm)
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 _BODY_NAMES = {"blocks", "stages", "layers", "features", "encoder", "body"}
@@ -151,10 +156,8 @@ class Backbone(nn.Module):
         if self._cut_hook is None:
             return self._features_fn(self.model, x)
         self._cut_out.clear()
-        try:
+        with contextlib.suppress(_CutReached):
             self._features_fn(self.model, x)
-        except _CutReached:
-            pass
         if not self._cut_out:
             raise RuntimeError(f"cut layer {self.cut!r} did not run during the forward pass")
         return self._cut_out.pop()
@@ -272,8 +275,11 @@ def _discover_blocks(model: nn.Module, trace: Trace) -> list[Block]:
         share = sum(p.numel() for p in child.parameters()) / total
         body = name in _BODY_NAMES or share > 0.8
         if isinstance(child, (nn.Sequential, nn.ModuleList)) and body and len(child) > 1:
-            units += [f"{name}.{n}" for n, c in child.named_children()
-                      if f"{name}.{n}" in trace.runs and _has_weights(c)]
+            units += [
+                f"{name}.{n}"
+                for n, c in child.named_children()
+                if f"{name}.{n}" in trace.runs and _has_weights(c)
+            ]
         else:
             units.append(name)
     units.sort(key=lambda n: trace.runs[n].start)

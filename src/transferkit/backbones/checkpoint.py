@@ -3,7 +3,7 @@
 A weights-only file does not say which architecture it belongs to; we read that from
 the file itself (safetensors metadata ``architecture``, a ``config.json`` beside it as
 timm's hub layout has, or an ``arch`` entry in a ``.pth`` dict). TorchScript archives
-carry their own code and load with ``torch.jit.load`` (no pickle of Python objects).
+are refused with a clear message: compiled graphs cannot be cut or frozen per layer.
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ def create_checkpoint_backbone(path: str | Path, *, cut: str | None = None) -> B
     if not path.is_file():
         raise InputError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix in (".pt", ".pth") and _is_torchscript(path):
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise InputError(f"cannot load TorchScript file {str(path)!r}: {exc}") from None
-        return Backbone(module, name=path.stem, spec=str(path), cut=cut, source="torchscript")
+        raise InputError(
+            f"{str(path)!r} is a TorchScript archive: its layers cannot be cut, frozen or "
+            f"hooked one by one; pass its weights instead (--backbone ARCH --weights FILE)"
+        )
     state, meta = read_weight_file(path)
     arch = _architecture_of(path, meta)
     if arch is None:
@@ -74,8 +73,15 @@ def create_checkpoint_backbone(path: str | Path, *, cut: str | None = None) -> B
     load_into(model, state, str(path))
     data_config = timm_data_config(model)
     model.reset_classifier(0)
-    return Backbone(model, name=arch, spec=str(path), data_config=data_config,
-                    features_fn=timm_forward_features, cut=cut, source=f"checkpoint {path.name}")
+    return Backbone(
+        model,
+        name=arch,
+        spec=str(path),
+        data_config=data_config,
+        features_fn=timm_forward_features,
+        cut=cut,
+        source=f"checkpoint {path.name}",
+    )
 
 
 def create_module_backbone(
@@ -94,14 +100,28 @@ def create_module_backbone(
         if cut is None or cut == module.cut:
             return module
         module = module.model
-    if not isinstance(module, nn.Module):
-        raise InputError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(module, nn.Module) or isinstance(module, torch.jit.ScriptModule):
+        raise InputError(
+            f"expected a torch.nn.Module (not TorchScript), got {type(module).__name__}"
+        )
     config = dict(IMAGENET_DATA_CONFIG, **(data_config or {}))
     if hasattr(module, "forward_features") and hasattr(module, "reset_classifier"):
         config = dict(timm_data_config(module), **(data_config or {}))
         module.reset_classifier(0)
-        return Backbone(module, name=name or type(module).__name__, spec="<module>",
-                        data_config=config, features_fn=timm_forward_features, cut=cut,
-                        source="timm module")
-    return Backbone(module, name=name or type(module).__name__, spec="<module>",
-                    data_config=config, cut=cut, source="module")
+        return Backbone(
+            module,
+            name=name or type(module).__name__,
+            spec="<module>",
+            data_config=config,
+            features_fn=timm_forward_features,
+            cut=cut,
+            source="timm module",
+        )
+    return Backbone(
+        module,
+        name=name or type(module).__name__,
+        spec="<module>",
+        data_config=config,
+        cut=cut,
+        source="module",
+    )

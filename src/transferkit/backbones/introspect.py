@@ -43,7 +43,9 @@ def _shape_of(output) -> tuple[int, ...] | None:
     return None
 
 
-def trace_modules(model: nn.Module, run: Callable[[torch.Tensor], object], x: torch.Tensor) -> Trace:
+def trace_modules(
+    model: nn.Module, run: Callable[[torch.Tensor], object], x: torch.Tensor
+) -> Trace:
     """Run ``run(x)`` once under no_grad and record every named module's first call."""
     trace = Trace()
     clock = [0]
@@ -91,16 +93,18 @@ def layer_report(backbone) -> dict:
     for name in trace.order():
         run = trace.runs[name]
         row = counts.get(name)
-        layers.append({
-            "name": name,
-            "type": run.type,
-            "depth": name.count("."),
-            "output_shape": list(run.output_shape) if run.output_shape else None,
-            "weights": row.weights if row else 0,
-            "params": row.params if row else 0,
-            "trainable_params": row.trainable_params if row else 0,
-            "non_trainable_params": row.non_trainable_params if row else 0,
-        })
+        layers.append(
+            {
+                "name": name,
+                "type": run.type,
+                "depth": name.count("."),
+                "output_shape": list(run.output_shape) if run.output_shape else None,
+                "weights": row.weights if row else 0,
+                "params": row.params if row else 0,
+                "trainable_params": row.trainable_params if row else 0,
+                "non_trainable_params": row.non_trainable_params if row else 0,
+            }
+        )
     total = summary(backbone)
     info = backbone.describe()
     info["input_shape"] = list(backbone.input_size)

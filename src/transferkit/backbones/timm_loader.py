@@ -7,8 +7,8 @@ timm's ``forward_features``; preprocessing comes from the model's ``pretrained_c
 
 from __future__ import annotations
 
-import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -47,19 +47,27 @@ def create_timm_model(
     return _from_hub(name), "hub"
 
 
+@contextmanager
+def _hub_cache_only():
+    """Make huggingface_hub answer from its local cache alone (it reads the env var
+    only at import time, so the constant is what must change)."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
 def _from_hub(name: str) -> nn.Module:
     # The local hub cache first, so a machine that once downloaded works offline.
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        return timm.create_model(name, pretrained=True)
+        with _hub_cache_only():
+            return timm.create_model(name, pretrained=True)
     except Exception:
         pass
-    finally:
-        if saved is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved
     hint = (
         f"pass a local weights file (--weights PATH to a .safetensors/.pth of {name}), "
         "or --weights none for random initialisation"

@@ -70,15 +70,19 @@ def _unwrap(obj, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(
-        isinstance(v, torch.Tensor) for v in obj.values()
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
     ):
         raise InputError(f"weights file {str(path)!r} holds no state dict of tensors")
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
     return state, meta
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str = "<memory>") -> LoadReport:
+def load_into(
+    model: nn.Module, state: dict[str, torch.Tensor], path: str = "<memory>"
+) -> LoadReport:
     """Load ``state`` into ``model`` by name, or by order when names differ but every
     shape lines up. Tensors whose shape differs only in a classifier are skipped."""
     target = model.state_dict()
@@ -96,8 +100,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str = "<me
         model.load_state_dict(filtered, strict=False)
         return LoadReport(path, "name", len(filtered), sorted(skipped + missing))
     src, dst = list(state.items()), list(target.items())
-    if len(src) == len(dst) and all(a.shape == b.shape for (_, a), (_, b) in zip(src, dst)):
-        model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=True)
+    if len(src) == len(dst) and all(
+        a.shape == b.shape for (_, a), (_, b) in zip(src, dst, strict=True)
+    ):
+        model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src, strict=True)}, strict=True)
         log.info("mapped %d tensors of %s onto the model by order", len(src), path)
         return LoadReport(path, "order", len(src))
     raise InputError(

@@ -1,0 +1,41 @@
+"""`transferkit inspect` (issue 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from transferkit.cli import main
+
+
+def test_inspect_builtin_json_offline(capsys):
+    assert main(["inspect", "efficientnet_lite0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    totals = out["totals"]
+    assert totals["params"] == totals["trainable_params"] + totals["non_trainable_params"]
+    assert totals["params"] == 3_413_024  # lite0 without its classifier
+    assert totals["non_trainable_params"] > 0  # BN running statistics
+    assert "blocks.6" in out["cut_points"]
+    assert out["layers"][0]["name"] == "conv_stem" and out["layers"][0]["output_shape"] == [
+        32,
+        112,
+        112,
+    ]
+
+
+def test_inspect_with_cut_and_table(capsys):
+    assert main(["inspect", "resnet18", "--weights", "none", "--cut", "layer2"]) == 0
+    out = capsys.readouterr().out
+    assert "layer2" in out and "Cut points" in out and "layer4" in out
+
+
+def test_inspect_unknown_model_exits_2_with_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "transferkit", "inspect", "no_such_model"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "no_such_model" in proc.stderr
+    assert "Traceback" not in proc.stderr
