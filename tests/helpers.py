@@ -35,3 +35,37 @@ TINY_CONFIG = {
     "crop_pct": 1.0,
     "crop_mode": "center",
 }
+
+
+def make_image_folder(
+    root,
+    classes=("red", "green", "blue"),
+    per_class=8,
+    size=16,
+    seed=0,
+    layout="flat",
+    test_per_class=0,
+):
+    """Write a learnable tiny PNG dataset: each class has its own dominant colour plus
+    noise. ``layout="flat"``: ROOT/CLASS/*.png; ``"splits"``: ROOT/train|test/CLASS."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
+
+    def write(folder, ci, n, offset):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            base = np.array(colours[ci % len(colours)], dtype=np.float32)
+            img = base + rng.normal(0, 40, (size, size, 3))
+            Image.fromarray(img.clip(0, 255).astype("uint8")).save(folder / f"img{offset + i}.png")
+
+    for ci, name in enumerate(classes):
+        if layout == "flat":
+            write(root / name, ci, per_class, 0)
+        else:
+            write(root / "train" / name, ci, per_class, 0)
+            if test_per_class:
+                write(root / "test" / name, ci, test_per_class, 1000)
+    return root

@@ -1,0 +1,33 @@
+"""Atomic file writes (temp file + rename): a crash never leaves half a file that
+looks whole, which matters for run directories, caches and checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+    """safetensors, atomically; shared storage is copied so every tensor stands alone."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(
+        {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+        str(tmp),
+        metadata=metadata,
+    )
+    os.replace(tmp, path)

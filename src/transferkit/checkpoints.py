@@ -1,0 +1,87 @@
+"""Per-epoch training checkpoints for ``fit --resume``, written without pickle.
+
+Weights and optimizer tensors go to safetensors; everything else (epoch, early
+stopping state, optimizer hyper-parameters, scheduler counters) to JSON. The JSON is
+written last and atomically, so a checkpoint is either complete or ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .atomic import atomic_write_text, save_tensors
+
+
+def _split_optimizer_state(state: dict) -> tuple[dict, dict]:
+    tensors, plain = {}, {"state": {}, "param_groups": state["param_groups"]}
+    for idx, entry in state["state"].items():
+        plain["state"][str(idx)] = {}
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                plain["state"][str(idx)][key] = value
+    return tensors, plain
+
+
+def _join_optimizer_state(tensors: dict, plain: dict) -> dict:
+    state: dict[int, dict] = {int(i): dict(v) for i, v in plain["state"].items()}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+class Checkpointer:
+    """Saves and restores one phase's training state in ``folder``."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def _paths(self, phase: str) -> dict[str, Path]:
+        return {
+            k: self.folder / f"{phase}.{k}"
+            for k in ("model.safetensors", "best.safetensors", "optim.safetensors", "json")
+        }
+
+    def has(self, phase: str) -> bool:
+        return self._paths(phase)["json"].is_file()
+
+    def save(self, phase, model: nn.Module, optimizer, scheduler, best_state, state) -> None:
+        from dataclasses import asdict
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        p = self._paths(phase)
+        save_tensors(p["model.safetensors"], model.state_dict())
+        save_tensors(p["best.safetensors"], best_state)
+        opt_tensors, opt_plain = _split_optimizer_state(optimizer.state_dict())
+        save_tensors(p["optim.safetensors"], opt_tensors)
+        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        doc = {"phase": phase, "state": asdict(state), "optimizer": opt_plain, "scheduler": sched}
+        atomic_write_text(p["json"], json.dumps(doc, default=float))
+
+    def load(self, phase, model: nn.Module, optimizer, scheduler):
+        from .engine import PhaseState
+
+        p = self._paths(phase)
+        doc = json.loads(p["json"].read_text())
+        model.load_state_dict(load_file(str(p["model.safetensors"])))
+        best = load_file(str(p["best.safetensors"]))
+        optimizer.load_state_dict(
+            _join_optimizer_state(load_file(str(p["optim.safetensors"])), doc["optimizer"])
+        )
+        sched = scheduler.state_dict()
+        sched.update(doc["scheduler"])
+        scheduler.load_state_dict(sched)
+        return PhaseState(**doc["state"]), best
+
+    def clear(self) -> None:
+        if self.folder.is_dir():
+            for f in self.folder.iterdir():
+                f.unlink()
+            self.folder.rmdir()

@@ -1,0 +1,114 @@
+"""Typed configuration for ``fit``, with defaults owned here.
+
+Precedence: these defaults < a JSON config file (``--config``) < CLI flags. The
+resolved config is written to the run directory, so a run can be rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import InputError
+from .freezing import BN_POLICIES
+from .heads import HeadConfig
+
+STRATEGIES = ("auto", "feature-extract", "fine-tune")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass
+class FitConfig:
+    """Everything that decides what ``fit`` does. See docs/training.md."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    cut: str | None = None
+    strategy: str = "feature-extract"
+    unfreeze: str = "all"  # "all" or "top:N" whole blocks
+    bn: str = "frozen"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    image_size: int | None = None
+    val_split: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    # phase 1: the head on cached features (trains to convergence: many cheap epochs)
+    epochs: int = 100
+    lr: float = 1e-3
+    patience: int = 8
+    head_batch_size: int = 64
+    # phase 2: end-to-end fine-tuning, 10-100x lower learning rate (R2)
+    fine_tune_epochs: int = 12
+    fine_tune_lr: float = 1e-4
+    fine_tune_patience: int = 3
+    layer_decay: float | None = None
+    batch_size: int = 32
+    augment: bool = True
+    label_smoothing: float = 0.0
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    workers: int | None = None
+    cache_dir: str | None = None
+
+    def validate(self) -> FitConfig:
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.bn not in BN_POLICIES:
+            raise InputError(f"--bn {self.bn!r} is not one of {', '.join(BN_POLICIES)}")
+        if self.device not in DEVICES:
+            raise InputError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
+        self.unfreeze_top()  # validates the syntax
+        if not 0.0 < self.val_split < 1.0:
+            raise InputError(f"--val-split must be between 0 and 1, got {self.val_split}")
+        ratio = self.lr / self.fine_tune_lr if self.fine_tune_lr > 0 else float("inf")
+        if not 10 <= ratio <= 100 + 1e-9:
+            raise InputError(
+                f"fine-tune learning rate {self.fine_tune_lr:g} must be 10-100x below the head's "
+                f"{self.lr:g} (R2: fine-tune gently); it is {ratio:.3g}x"
+            )
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise InputError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
+        for name in ("epochs", "fine_tune_epochs", "batch_size", "head_batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise InputError(
+                    f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.image_size is not None and self.image_size < 8:
+            raise InputError(f"--image-size must be >= 8 pixels, got {self.image_size}")
+        self.head.validate()
+        return self
+
+    def unfreeze_top(self) -> int | None:
+        """``None`` for "all", else the number of top blocks to unfreeze."""
+        if self.unfreeze == "all":
+            return None
+        prefix, _, n = self.unfreeze.partition(":")
+        if prefix != "top" or not n.isdigit() or int(n) < 1:
+            raise InputError(f"--unfreeze {self.unfreeze!r}: expected 'all' or 'top:N' (N >= 1)")
+        return int(n)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FitConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(
+                f"unknown config key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
+            )
+        data = dict(data)
+        if isinstance(data.get("head"), dict):
+            data["head"] = HeadConfig(**data["head"])
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: dict | None = None) -> FitConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read config file {str(path)!r}: {exc}") from None
+        data.update(overrides or {})
+        return cls.from_dict(data)

@@ -1,0 +1,261 @@
+"""Feature extraction from a frozen backbone, cached on disk (DESIGN R5).
+
+With a frozen base, running it once per image instead of once per epoch is the
+largest saving in transfer learning. The cache is keyed by everything that changes
+the features — backbone spec and weights digest, cut, preprocessing, image size,
+representation — and, per image, by the file's content digest, so it can never be
+stale, and a re-split or a grown dataset reuses every image already seen.
+
+Layout: ``ROOT/<model-key>/<shard>.npy`` (features, written through a memory map so
+large datasets never sit in RAM) and ``<shard>.json`` (the content digests in row
+order, shape, and a SHA-256 of the array). The JSON is written last, atomically: a
+shard without it, or whose checksum fails, is deleted and recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .progress import progress_iter
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+IN_MEMORY_LIMIT = 2 * 1024**3  # assembled arrays above this go to a memory-mapped file
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("TRANSFERKIT_CACHE_DIR") or Path.home() / ".cache" / "transferkit"
+    return Path(base) / "features"
+
+
+def representation_for(pooling: str) -> str:
+    """What the cache stores for a head's pooling: pooled vectors, or whole maps."""
+    return "map" if pooling == "flatten" else pooling
+
+
+def pool_features(x: torch.Tensor, representation: str) -> torch.Tensor:
+    if representation == "map" or x.dim() == 2:
+        return x
+    dims = (2, 3) if x.dim() == 4 else (1,)
+    return x.mean(dims) if representation == "avg" else x.amax(dims)
+
+
+def model_key(backbone, data_config: dict, image_size: int | None, representation: str) -> str:
+    """Digest of everything about the model side that changes the features."""
+    desc = {
+        "format": FORMAT_VERSION,
+        "backbone": backbone.name,
+        "spec": str(backbone.spec),
+        "weights": backbone.weights_digest,
+        "cut": backbone.cut,
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+        "image_size": image_size,
+        "representation": representation,
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class _Shard:
+    path: Path
+    digests: list[str]
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    extracted: int = 0
+    rebuilt_shards: int = 0
+
+
+class FeatureCache:
+    """Per-model folders of feature shards. See the module docstring."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+        self.stats = CacheStats()
+
+    def _shards(self, key: str) -> list[_Shard]:
+        folder = self.root / key
+        shards = []
+        if not folder.is_dir():
+            return shards
+        for meta_path in sorted(folder.glob("*.json")):
+            npy = meta_path.with_suffix(".npy")
+            try:
+                meta = json.loads(meta_path.read_text())
+                ok = npy.is_file() and _file_sha256(npy) == meta["sha256"]
+            except (OSError, ValueError, KeyError):
+                ok = False
+            if not ok:
+                log.warning("feature cache shard %s is corrupt or partial: rebuilding it", npy.name)
+                self.stats.rebuilt_shards += 1
+                meta_path.unlink(missing_ok=True)
+                npy.unlink(missing_ok=True)
+                continue
+            shards.append(_Shard(npy, meta["digests"]))
+        for stray in folder.glob("*.npy"):  # arrays whose JSON never got written
+            if not stray.with_suffix(".json").exists() and not stray.name.startswith("."):
+                stray.unlink(missing_ok=True)
+        return shards
+
+    def get(
+        self,
+        backbone,
+        dataset,
+        digests: Sequence[str],
+        *,
+        data_config: dict,
+        image_size: int | None,
+        representation: str = "avg",
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        loader_factory=None,
+        description: str = "extracting features",
+    ) -> np.ndarray:
+        """Features for ``dataset`` (row i = example i, whose content digest is
+        ``digests[i]``), running the backbone only on images not cached yet."""
+        key = model_key(backbone, data_config, image_size, representation)
+        where: dict[str, tuple[Path, int]] = {}
+        for shard in self._shards(key):
+            for row, d in enumerate(shard.digests):
+                where.setdefault(d, (shard.path, row))
+        missing = [i for i, d in enumerate(digests) if d not in where]
+        unique_missing: dict[str, int] = {}
+        for i in missing:
+            unique_missing.setdefault(digests[i], i)
+        self.stats.hits += len(digests) - len(missing)
+        if unique_missing:
+            path = self._extract_shard(
+                key,
+                backbone,
+                dataset,
+                list(unique_missing.values()),
+                list(unique_missing),
+                representation,
+                batch_size,
+                device,
+                loader_factory,
+                description,
+            )
+            for row, d in enumerate(unique_missing):
+                where[d] = (path, row)
+        return self._assemble(key, digests, where)
+
+    def _extract_shard(
+        self,
+        key,
+        backbone,
+        dataset,
+        indices,
+        digests,
+        representation,
+        batch_size,
+        device,
+        loader_factory,
+        description,
+    ) -> Path:
+        folder = self.root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        shard_id = uuid.uuid4().hex[:16]
+        tmp = folder / f".{shard_id}.npy.tmp"
+        subset = torch.utils.data.Subset(dataset, indices)
+        out = None
+        row = 0
+        for feats in extract_iter(
+            backbone,
+            subset,
+            representation=representation,
+            batch_size=batch_size,
+            device=device,
+            loader_factory=loader_factory,
+            description=description,
+        ):
+            if out is None:
+                out = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=np.float32, shape=(len(indices), *feats.shape[1:])
+                )
+            out[row : row + len(feats)] = feats
+            row += len(feats)
+        out.flush()
+        del out
+        final = folder / f"{shard_id}.npy"
+        os.replace(tmp, final)
+        meta = {"digests": digests, "sha256": _file_sha256(final), "format": FORMAT_VERSION}
+        tmp_meta = folder / f".{shard_id}.json.tmp"
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, final.with_suffix(".json"))
+        self.stats.extracted += len(indices)
+        return final
+
+    def _assemble(self, key: str, digests: Sequence[str], where) -> np.ndarray:
+        arrays: dict[Path, np.ndarray] = {}
+        first_path, _ = where[digests[0]]
+        sample = np.load(first_path, mmap_mode="r")
+        shape = (len(digests), *sample.shape[1:])
+        nbytes = int(np.prod(shape)) * 4
+        if nbytes > IN_MEMORY_LIMIT:
+            scratch = self.root / key / f".assembled-{uuid.uuid4().hex[:8]}.npy"
+            out = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=shape)
+            scratch.unlink()  # POSIX keeps the mapping alive; nothing is left behind
+        else:
+            out = np.empty(shape, dtype=np.float32)
+        for i, d in enumerate(digests):
+            path, row = where[d]
+            if path not in arrays:
+                arrays[path] = np.load(path, mmap_mode="r")
+            out[i] = arrays[path][row]
+        return out
+
+
+def extract_iter(
+    backbone,
+    dataset,
+    *,
+    representation="avg",
+    batch_size=64,
+    device="cpu",
+    loader_factory=None,
+    description="extracting features",
+):
+    """Yield float32 feature batches (numpy) for ``dataset``, backbone in inference mode."""
+    if loader_factory is None:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    else:
+        loader = loader_factory(dataset, batch_size)
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.eval().to(device)
+    try:
+        with torch.inference_mode():
+            for images, _ in progress_iter(
+                loader, total=len(loader), description=description, unit="batch"
+            ):
+                feats = backbone.forward_features(images.to(device, non_blocking=True))
+                yield pool_features(feats, representation).float().cpu().numpy()
+    finally:
+        backbone.train(was_training)
+
+
+def extract_features(backbone, dataset, **kwargs) -> np.ndarray:
+    """Uncached extraction of a whole dataset into one array (small data, tests)."""
+    return np.concatenate(list(extract_iter(backbone, dataset, **kwargs)), axis=0)

@@ -1,0 +1,144 @@
+"""The new trainable head on top of the frozen base (workflow step 3).
+
+Pooling is parameter-free, so it can run before the feature cache (R5): a head
+with ``pooling="avg"`` trains on cached (N, C) vectors, one with ``"flatten"`` (as in
+the seeds' ``Flatten`` + ``Dense``) on cached maps. The same head module accepts
+both, so it moves unchanged from cached features to the backbone for fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+POOLINGS = ("avg", "max", "flatten")
+
+
+@dataclass
+class HeadConfig:
+    """Head shape. ``hidden=0`` means a single linear layer after dropout."""
+
+    pooling: str = "avg"
+    hidden: int = 0
+    dropout: float = 0.2
+
+    def validate(self) -> HeadConfig:
+        if self.pooling not in POOLINGS:
+            raise InputError(f"head pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"head dropout must be in [0, 1), got {self.dropout}")
+        if self.hidden < 0:
+            raise InputError(f"head hidden size must be >= 0, got {self.hidden}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GlobalPool(nn.Module):
+    """Pools (B, C, H, W) maps or (B, N, C) tokens to (B, C); passes (B, C) through,
+    which is what makes one head work on cached vectors and on live maps."""
+
+    def __init__(self, mode: str = "avg"):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "flatten":
+            return torch.flatten(x, 1)
+        if x.dim() == 4:
+            return x.mean((2, 3)) if self.mode == "avg" else x.amax((2, 3))
+        if x.dim() == 3:  # tokens: (B, N, C)
+            return x.mean(1) if self.mode == "avg" else x.amax(1)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class ClassifierHead(nn.Module):
+    """Pool -> Dropout -> [Linear -> ReLU -> Dropout] -> Linear.
+
+    Two classes use one logit and a sigmoid (the seeds' binary head); more use softmax.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, config: HeadConfig | None = None):
+        super().__init__()
+        self.config = (config or HeadConfig()).validate()
+        if num_classes < 2:
+            raise InputError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.binary = num_classes == 2
+        layers: list[nn.Module] = [GlobalPool(self.config.pooling), nn.Dropout(self.config.dropout)]
+        width = in_features
+        if self.config.hidden:
+            layers += [
+                nn.Linear(width, self.config.hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(self.config.dropout),
+            ]
+            width = self.config.hidden
+        layers.append(nn.Linear(width, 1 if self.binary else num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0):
+        if self.binary:
+            t = target.float()
+            if label_smoothing:
+                t = t * (1 - label_smoothing) + 0.5 * label_smoothing
+            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], t)
+        return nn.functional.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) probabilities whatever the logit layout."""
+        if self.binary:
+            p = torch.sigmoid(logits[:, 0])
+            return torch.stack([1 - p, p], dim=1)
+        return logits.softmax(dim=1)
+
+
+def head_input_features(feature_shape: tuple[int, ...], pooling: str) -> int:
+    """Width of the head's first linear layer for a backbone feature shape."""
+    if pooling == "flatten":
+        n = 1
+        for d in feature_shape:
+            n *= d
+        return n
+    return feature_shape[-1] if len(feature_shape) == 2 else feature_shape[0]
+
+
+def create_head(
+    feature_shape: tuple[int, ...], num_classes: int, config: HeadConfig | None = None
+) -> ClassifierHead:
+    """A head for features of ``feature_shape`` (per example, as ``Backbone.feature_shape``)."""
+    config = (config or HeadConfig()).validate()
+    return ClassifierHead(head_input_features(feature_shape, config.pooling), num_classes, config)
+
+
+class TransferModel(nn.Module):
+    """Backbone + head: the model that predicts, fine-tunes, saves and exports."""
+
+    def __init__(self, backbone: nn.Module, head: ClassifierHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        was = self.training
+        self.eval()
+        try:
+            return self.head.probabilities(self(x))
+        finally:
+            self.train(was)

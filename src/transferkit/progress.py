@@ -1,0 +1,84 @@
+"""Progress for long work: a rich bar (rate, ETA, live metrics) on a terminal, plain
+log lines otherwise, so CI logs and files stay readable."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("transferkit")
+
+
+def interactive() -> bool:
+    if os.environ.get("TRANSFERKIT_PROGRESS") == "0":
+        return False
+    return sys.stderr.isatty() or os.environ.get("TRANSFERKIT_PROGRESS") == "1"
+
+
+def progress_iter(
+    items: Iterable[T],
+    *,
+    total: int | None = None,
+    description: str = "",
+    unit: str = "it",
+    status=None,
+) -> Iterator[T]:
+    """Iterate with a progress bar; ``status()`` may return a short live string
+    (e.g. current loss/accuracy) shown beside the bar."""
+    if not interactive():
+        yield from _plain(items, total, description, unit)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    ]
+    start = time.perf_counter()
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total, rate="", status="")
+        for i, item in enumerate(items, 1):
+            yield item
+            rate = i / max(time.perf_counter() - start, 1e-9)
+            bar.update(
+                task, advance=1, rate=f"{rate:.1f} {unit}/s", status=status() if status else ""
+            )
+
+
+def _plain(items, total, description, unit):
+    start = time.perf_counter()
+    step = max(1, (total or 10) // 5)
+    i = 0
+    for i, item in enumerate(items, 1):
+        yield item
+        if total and (i % step == 0 or i == total):
+            elapsed = time.perf_counter() - start
+            eta = elapsed / i * (total - i)
+            log.info(
+                "%s: %d/%d %s (%.1f %s/s, ETA %.0fs)",
+                description,
+                i,
+                total,
+                unit,
+                i / max(elapsed, 1e-9),
+                unit,
+                eta,
+            )
