@@ -48,9 +48,75 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- data
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="check a dataset: what is usable, what is not and why")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    c = actions.add_parser("check", help="scan DATA and report usable images and every problem")
+    c.add_argument("data", help="folder of class folders (or train/ [val/] [test/]), or a CSV")
+    c.add_argument("--json", action="store_true", help="machine-readable report")
+    c.add_argument(
+        "--val-split",
+        type=float,
+        default=0.2,
+        help="fraction held out for validation when DATA has no val/ (default 0.2)",
+    )
+    c.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    c.set_defaults(handler=_run_data_check)
+
+
+def _run_data_check(args: argparse.Namespace) -> int:
+    from .data import check_data, render_text
+
+    report = check_data(args.data, val_split=args.val_split, seed=args.seed)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(render_text(report))
+    if not report.usable:
+        print(f"transferkit: error: {report.reason}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ----------------------------------------------------------------------- datasets
+
+
+def _add_datasets(sub) -> None:
+    p = sub.add_parser("datasets", help="write a demo dataset as PNG class folders")
+    names = p.add_subparsers(dest="dataset", metavar="NAME")
+    names.required = True
+    for name, about in (
+        ("fashion-mnist", "Fashion-MNIST (Debian package dataset-fashion-mnist)"),
+        ("digits", "scikit-learn's 8x8 handwritten digits"),
+    ):
+        d = names.add_parser(name, help=about)
+        d.add_argument("out", help="folder to create (must be new or empty)")
+        d.add_argument("--per-class", type=int, default=100, help="training images per class")
+        d.add_argument("--test", type=int, default=200, help="test images in total (stratified)")
+        d.add_argument("--seed", type=int, default=0, help="which images are chosen")
+        d.set_defaults(handler=_run_datasets)
+
+
+def _run_datasets(args: argparse.Namespace) -> int:
+    from .data import write_dataset
+
+    info = write_dataset(
+        args.dataset, args.out, per_class=args.per_class, test=args.test, seed=args.seed
+    )
+    print(
+        f"{info.name}: {info.train_files} train + {info.test_files} test PNGs in "
+        f"{len(info.classes)} classes at {info.path}"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
-_COMMANDS = [_add_inspect]
+_COMMANDS = [_add_inspect, _add_data, _add_datasets]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,257 @@
+"""Opening one image safely: the only place transferkit decodes image files.
+
+Why one place: the scanner's verdict ("this file is usable") is only worth something
+if training opens files exactly the same way. Everything here either returns an
+upright image in the backbone's channel mode or raises ``InputError`` naming the file
+and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import InputError
+
+# PIL's own decompression-bomb limit (~89 Mpx): a 9,500 x 9,500 photo passes, a
+# crafted 50,000 x 50,000 PNG of a few kilobytes does not.
+DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+# A larger "image" is almost surely not one we want to read into memory.
+DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
+
+_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".apng",
+    ".bmp",
+    ".dib",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".tga",
+    ".qoi",
+    ".avif",
+    ".jp2",
+    ".j2k",
+}
+# Extensions we can read: the list above, minus formats this Pillow build lacks.
+IMAGE_EXTENSIONS = frozenset(e for e in _EXTENSIONS if e in Image.registered_extensions())
+
+_KNOWN_UNSUPPORTED = {
+    ".heic": "HEIC/HEIF photo, which Pillow cannot read; convert it to JPEG or PNG",
+    ".heif": "HEIC/HEIF photo, which Pillow cannot read; convert it to JPEG or PNG",
+    ".svg": "vector image; rasterise it to PNG first",
+    ".pdf": "a PDF document, not an image",
+    ".psd": "a Photoshop document; export it to PNG first",
+    **{
+        e: "camera RAW file; convert it to JPEG or PNG first"
+        for e in (".raw", ".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2")
+    },
+}
+
+_HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+_ORIENTATION_TAG = 0x0112
+
+
+def extension_problem(name: str) -> str | None:
+    """Why a file name does not look like a readable image, or ``None`` if it does."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return None
+    if ext in _KNOWN_UNSUPPORTED:
+        return f"not usable: {_KNOWN_UNSUPPORTED[ext]}"
+    return f"not an image: unknown extension {ext!r}" if ext else "not an image: no extension"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What decoding one file fully told us (the scanner caches this)."""
+
+    ok: bool
+    kind: str  # "ok" or a problem kind: not_image, corrupt, too_large, unsupported_mode
+    reason: str | None
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    orientation: int = 1
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Probe:
+        return cls(**d)
+
+
+def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
+    """Decode ``data`` completely and say whether it is a usable image.
+
+    Every failure becomes a ``Probe`` with a reason instead of an exception: one bad
+    file must never stop a scan. The pixel count is checked from the header, before
+    any pixel is decoded, so decompression bombs cost nothing.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return Probe(False, "not_image", "not an image: contents are not a recognised image format")
+    except Image.DecompressionBombError as exc:
+        return Probe(False, "too_large", f"too large to decode safely ({_bomb(exc)})")
+    except Exception as exc:  # plugins raise anything (SyntaxError, struct.error, ...)
+        return Probe(False, "corrupt", f"truncated or corrupt image: {_describe(exc)}")
+    with img:
+        w, h = img.size
+        if w * h > max_pixels:
+            return Probe(False, "too_large", _too_large(w, h, max_pixels), w, h, img.mode)
+        try:
+            img.load()
+        except Exception as exc:
+            return Probe(
+                False,
+                "corrupt",
+                f"truncated or corrupt image data: {_describe(exc)}",
+                w,
+                h,
+                img.mode,
+            )
+        orientation = _orientation(img)
+        try:
+            to_channels(img, 3)
+        except Exception as exc:
+            return Probe(
+                False,
+                "unsupported_mode",
+                f"unsupported pixel mode {img.mode!r}: {_describe(exc)}",
+                w,
+                h,
+                img.mode,
+            )
+        return Probe(True, "ok", None, w, h, img.mode, orientation)
+
+
+def open_image(
+    path: str | os.PathLike, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Open an image upright (EXIF orientation applied) in ``channels`` (1 or 3).
+
+    Args:
+        path: the image file.
+        channels: 1 for grayscale ("L") or 3 for "RGB": the backbone's input channels.
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+
+    Returns:
+        A loaded PIL image in mode "L" or "RGB".
+
+    Raises:
+        InputError: naming the file and the problem (missing, unreadable, not an
+            image, truncated, too large).
+
+    Example:
+        >>> img = open_image("cats/001.jpg")  # doctest: +SKIP
+        >>> img.mode
+        'RGB'
+    """
+    if channels not in (1, 3):
+        raise InputError(f"channels must be 1 or 3, got {channels!r}")
+    name = os.fsdecode(path)
+    try:
+        with warnings.catch_warnings():
+            # Over-limit images are refused below; PIL's warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except FileNotFoundError:
+        raise InputError(f"{name}: file not found") from None
+    except PermissionError:
+        raise InputError(f"{name}: cannot read (permission denied)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{name}: too large to decode safely ({_bomb(exc)})") from None
+    except Exception as exc:
+        raise InputError(f"{name}: cannot open: {_describe(exc)}") from None
+    with img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise InputError(f"{name}: {_too_large(w, h, max_pixels)}")
+        try:
+            img.load()
+            upright = upright_image(img)
+            return to_channels(upright, channels)
+        except Exception as exc:
+            raise InputError(f"{name}: truncated or corrupt image: {_describe(exc)}") from None
+
+
+def upright_image(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag so phone photos are not sideways.
+
+    A broken EXIF block is not worth rejecting a photo for: keep it as stored.
+    """
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to "L" (channels=1) or "RGB" (channels=3).
+
+    Why not just ``img.convert("RGB")``: that clips 16-bit data to white, and turns
+    transparent pixels into whatever colour happens to be stored under them (often
+    black). Here 16-bit and float data are scaled to 8 bits, and transparency is
+    composited over white. CMYK, palette, 1-bit and YCbCr go through Pillow.
+    """
+    if img.mode in _HIGH_DEPTH_MODES:
+        img = _high_depth_to_l(img)
+    if img.mode == "P" or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit integer or float pixels -> 8-bit grayscale, keeping relative brightness."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        scale = 255.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 1.0
+        arr = np.nan_to_num(arr.astype(np.float64) * scale)
+    elif img.mode.startswith("I;16") or int(arr.max(initial=0)) > 255:
+        arr = arr.astype(np.float64) / 257.0  # the full 16-bit range onto 0..255
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = int(img.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _too_large(w: int, h: int, limit: int) -> str:
+    return f"too large to decode safely ({w} x {h} = {w * h:,} pixels; limit {limit:,})"
+
+
+def _bomb(exc: BaseException) -> str:
+    return str(exc).split(", could be")[0]  # PIL's text, minus the alarm
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

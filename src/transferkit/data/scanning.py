@@ -1,0 +1,339 @@
+"""Scanning: walk class folders, then decode-check every candidate file once.
+
+Two passes with one job each. ``walk_class_folder`` turns a folder tree into candidate
+files, setting aside OS litter, hidden files, symlink loops and unreadable folders
+with a reason. ``verify_files`` decodes each candidate (in threads; Pillow releases
+the GIL while decoding), caching verdicts so re-scans only decode what changed.
+Nothing is dropped without a ``SkippedFile`` saying why.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from .cache import VerdictCache
+from .images import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    Probe,
+    extension_problem,
+    probe_image,
+)
+
+_LITTER = {
+    ".ds_store": "macOS folder metadata (.DS_Store)",
+    "thumbs.db": "Windows thumbnail cache (Thumbs.db)",
+    "ehthumbs.db": "Windows thumbnail cache (ehthumbs.db)",
+    "desktop.ini": "Windows folder settings (desktop.ini)",
+    "icon\r": "macOS custom folder icon",
+    "__macosx": "macOS archive metadata folder (__MACOSX)",
+    "$recycle.bin": "Windows recycle bin",
+    "system volume information": "Windows system folder",
+    "@eadir": "Synology thumbnail folder (@eaDir)",
+    ".appledouble": "macOS resource folder (.AppleDouble)",
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file that should be an image of class ``label`` in ``split``."""
+
+    path: str  # absolute path used to open the file
+    rel: str  # the path shown to the user, relative to the dataset root
+    label: str
+    split: str  # "train", "val" or "test"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file (or folder) that could not be used, and why."""
+
+    path: str
+    reason: str
+    kind: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """A candidate that decoded cleanly, with its content hash and what the probe saw."""
+
+    candidate: Candidate
+    digest: str
+    probe: Probe
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How files are judged.
+
+    Attributes:
+        max_pixels: images with more pixels are refused (decompression-bomb guard).
+        max_file_bytes: files larger than this are refused without being read.
+        cache: reuse verdicts of unchanged files from earlier scans.
+        cache_dir: where verdict files live (default: the transferkit cache + /scan).
+        workers: decoding threads; ``None`` means min(8, CPU count).
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    cache: bool = True
+    cache_dir: str | None = None
+    workers: int | None = None
+
+
+@dataclass
+class ScanResult:
+    files: list[ScannedFile] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_path: str | None = None
+
+
+def litter_reason(name: str, is_dir: bool = False) -> str | None:
+    """Why a file or folder name is OS litter or hidden, or ``None`` if it is not."""
+    low = name.lower()
+    if low in _LITTER:
+        return f"OS litter: {_LITTER[low]}"
+    if name.startswith("._"):
+        return "OS litter: macOS resource fork (AppleDouble '._' file)"
+    if name.startswith("."):
+        return "hidden folder, not scanned" if is_dir else "hidden file"
+    if name.startswith("~$") or name.endswith("~"):
+        return "temporary or backup file"
+    return None
+
+
+def display_path(path: str, root: str) -> str:
+    """``path`` relative to ``root`` with '/' separators when inside it, else absolute."""
+    try:
+        rel = os.path.relpath(path, root)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+class _Walk:
+    """State of one folder walk: where it started, what was set aside, dirs seen."""
+
+    def __init__(self, root: str, skipped: list[SkippedFile], seen: set | None = None):
+        self.root = root
+        self.skipped = skipped
+        self.seen: set[tuple[int, int]] = seen if seen is not None else set()
+
+    def skip(self, path: str, reason: str, kind: str) -> None:
+        self.skipped.append(SkippedFile(display_path(path, self.root), reason, kind))
+
+
+def walk_class_folder(
+    folder: str,
+    *,
+    label: str,
+    split: str,
+    root: str,
+    skipped: list[SkippedFile],
+    seen: set | None = None,
+    ancestors: frozenset = frozenset(),
+) -> list[Candidate]:
+    """All candidate files under ``folder`` (recursively), labelled ``label``.
+
+    Symlinked folders are followed, but a folder reached twice (a loop, or the same
+    folder linked into two classes) is scanned once and the second way is reported.
+    """
+    walk = _Walk(root, skipped, seen)
+    out: list[Candidate] = []
+    key = _dir_key(folder)
+    if key is not None:
+        if key in ancestors:
+            walk.skip(folder, "symlink loop: leads back to a folder above it", "symlink")
+            return out
+        if key in walk.seen:
+            walk.skip(folder, "folder already scanned through another path", "symlink")
+            return out
+        walk.seen.add(key)
+        ancestors = ancestors | {key}
+    _walk(folder, label, split, walk, ancestors, out)
+    return out
+
+
+def _walk(
+    folder: str, label: str, split: str, walk: _Walk, ancestors: frozenset, out: list[Candidate]
+) -> None:
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        walk.skip(folder, f"cannot list folder: {_os_reason(exc)}", _os_kind(exc))
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()  # follows symlinks
+            is_link = entry.is_symlink()
+        except OSError:
+            is_dir, is_link = False, True
+        reason = litter_reason(entry.name, is_dir)
+        if reason:
+            walk.skip(entry.path, reason, "hidden")
+            continue
+        if is_link:
+            try:
+                st = os.stat(entry.path)
+            except OSError as exc:
+                walk.skip(entry.path, _link_reason(exc), "symlink")
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+        if is_dir:
+            key = _dir_key(entry.path)
+            if key in ancestors:
+                walk.skip(entry.path, "symlink loop: leads back to a folder above it", "symlink")
+            elif key in walk.seen:
+                walk.skip(entry.path, "folder already scanned through another path", "symlink")
+            else:
+                if key is not None:
+                    walk.seen.add(key)
+                _walk(entry.path, label, split, walk, ancestors | {key}, out)
+            continue
+        out.append(Candidate(entry.path, display_path(entry.path, walk.root), label, split))
+
+
+def verify_files(
+    candidates: list[Candidate], *, root: str, options: ScanOptions | None = None
+) -> ScanResult:
+    """Decode-check every candidate once; return the usable files and the rest with reasons.
+
+    Cheap checks (extension, size, cache) run first in this thread; only files whose
+    verdict is unknown are read and decoded, in a thread pool.
+    """
+    options = options or ScanOptions()
+    cache = VerdictCache(root, options.cache_dir, enabled=options.cache)
+    result = ScanResult(cache_path=str(cache.path) if options.cache else None)
+    outcomes: list[ScannedFile | SkippedFile | None] = []
+    todo: list[tuple[int, str]] = []
+    for c in candidates:
+        outcome, key = _precheck(c, options, cache)
+        if outcome is None:
+            todo.append((len(outcomes), key))
+        outcomes.append(outcome)
+    workers = options.workers or min(8, os.cpu_count() or 1)
+    jobs = [candidates[i].path for i, _ in todo]
+    with warnings.catch_warnings():
+        # We judge size ourselves; PIL's warning would only repeat it on stderr.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if workers > 1 and len(jobs) > 16:
+            with ThreadPoolExecutor(workers) as pool:
+                decoded = list(pool.map(lambda p: _decode(p, options.max_pixels), jobs))
+        else:
+            decoded = [_decode(p, options.max_pixels) for p in jobs]
+    for (i, key), (digest, probe_or_error) in zip(todo, decoded, strict=True):
+        c = candidates[i]
+        if isinstance(probe_or_error, SkippedFile):  # unreadable: not cached, may be fixed
+            outcomes[i] = SkippedFile(c.rel, probe_or_error.reason, probe_or_error.kind)
+            continue
+        cache.put(c.path, key, {"digest": digest, "probe": probe_or_error.to_dict()})
+        outcomes[i] = _outcome(c, digest, probe_or_error)
+    cache.save()
+    result.cache_hits, result.cache_misses = cache.hits, cache.misses
+    for o in outcomes:
+        (result.files if isinstance(o, ScannedFile) else result.skipped).append(o)
+    return result
+
+
+def _precheck(c: Candidate, options: ScanOptions, cache: VerdictCache):
+    """(outcome, cache key): an outcome when cheap checks or the cache decide."""
+    problem = extension_problem(c.path)
+    if problem:
+        return SkippedFile(c.rel, problem, "not_image"), ""
+    try:
+        st = os.stat(c.path)
+    except OSError as exc:
+        kind = "missing" if isinstance(exc, FileNotFoundError) else _os_kind(exc)
+        reason = "file not found" if kind == "missing" else f"cannot read: {_os_reason(exc)}"
+        if os.path.islink(c.path):
+            reason, kind = _link_reason(exc), "symlink"
+        return SkippedFile(c.rel, reason, kind), ""
+    if not stat.S_ISREG(st.st_mode):
+        return SkippedFile(
+            c.rel, "not a regular file (folder, device, pipe or socket)", "not_image"
+        ), ""
+    if st.st_size == 0:
+        return SkippedFile(c.rel, "empty file (0 bytes)", "empty"), ""
+    if st.st_size > options.max_file_bytes:
+        mib = st.st_size / 2**20
+        return SkippedFile(
+            c.rel,
+            f"file too large to read safely ({mib:,.0f} MiB; "
+            f"limit {options.max_file_bytes / 2**20:,.0f} MiB)",
+            "too_large",
+        ), ""
+    key = cache.key(st.st_size, st.st_mtime_ns, options.max_pixels)
+    cached = cache.get(c.path, key)
+    if cached is not None:
+        try:
+            return _outcome(c, cached["digest"], Probe.from_dict(cached["probe"])), key
+        except (KeyError, TypeError):
+            pass  # an entry from a damaged cache file: decode again
+    return None, key
+
+
+def _outcome(c: Candidate, digest: str, probe: Probe) -> ScannedFile | SkippedFile:
+    return (
+        ScannedFile(c, digest, probe) if probe.ok else SkippedFile(c.rel, probe.reason, probe.kind)
+    )
+
+
+def _read_file(path: str) -> bytes:
+    """Read a whole file (tests replace this to simulate unreadable files as root)."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _decode(path: str, max_pixels: int) -> tuple[str, Probe | SkippedFile]:
+    try:
+        data = _read_file(path)
+    except OSError as exc:
+        return "", SkippedFile(path, f"cannot read: {_os_reason(exc)}", _os_kind(exc))
+    digest = hashlib.sha1(data).hexdigest()
+    if not data:
+        return digest, Probe(False, "empty", "empty file (0 bytes)")
+    return digest, probe_image(data, max_pixels)
+
+
+def _dir_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _link_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop: the link points (eventually) at itself"
+    if isinstance(exc, FileNotFoundError):
+        return "broken symlink: its target does not exist"
+    return f"symlink cannot be followed: {_os_reason(exc)}"
+
+
+def _os_kind(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink"
+    return "unreadable"
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    return exc.strerror or type(exc).__name__

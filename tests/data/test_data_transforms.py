@@ -1,0 +1,122 @@
+"""Preprocessing from the backbone's data config (R7), augmentation, and the loader."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from data_builders import good_images, noise
+
+from transferkit.data import (
+    AugmentConfig,
+    ImageDataset,
+    create_loader,
+    create_transform,
+    default_workers,
+    load_data,
+)
+from transferkit.errors import InputError
+
+CONFIG = {
+    "input_size": (3, 16, 16),
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+
+
+def test_eval_transform_follows_the_config():
+    tf = create_transform(CONFIG, train=False)
+    img = noise(size=(30, 20))
+    x = tf(img)
+    assert x.shape == (3, 16, 16)
+    assert torch.equal(x, tf(img))  # deterministic
+    assert tf.config["mean"] == [0.485, 0.456, 0.406] and tf.config["train"] is False
+    json.dumps(tf.config)
+
+
+def test_normalisation_uses_the_configs_mean_and_std():
+    tf = create_transform(dict(CONFIG, mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=1.0), train=False)
+    x = tf(noise(size=(16, 16)).point(lambda v: 255))  # all white
+    assert torch.allclose(x, torch.full_like(x, 2.0))  # (1 - 0.5) / 0.25
+
+
+def test_image_size_override_and_crop_modes():
+    for mode in ("center", "squash", "border"):
+        tf = create_transform(dict(CONFIG, crop_mode=mode), train=False, image_size=12)
+        assert tf(noise(size=(40, 10))).shape == (3, 12, 12), mode
+
+
+def test_training_augmentation_is_random_and_can_be_turned_off():
+    img = noise(size=(32, 32))
+    tf = create_transform(CONFIG, train=True)
+    torch.manual_seed(0)
+    a, b = tf(img), tf(img)
+    assert a.shape == (3, 16, 16) and not torch.equal(a, b)
+    off = create_transform(CONFIG, train=True, augment=AugmentConfig(enabled=False))
+    assert torch.equal(off(img), create_transform(CONFIG, train=False)(img))
+    assert off.config["augment"] is None
+    plain = create_transform(
+        CONFIG, train=True, augment=AugmentConfig(hflip=False, color_jitter=0.0)
+    )
+    assert "ColorJitter" not in repr(plain) and "Flip" not in repr(plain)
+
+
+def test_single_channel_backbone_gets_one_channel():
+    tf = create_transform(dict(CONFIG, input_size=(1, 16, 16)), train=True)
+    assert tf(noise(size=(20, 20))).shape == (1, 16, 16)  # RGB in, L out
+    assert len(tf.config["mean"]) == 1
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"input_size": (4, 16, 16)}, "1 or 3 channels"),
+        ({"interpolation": "sinc"}, "unknown interpolation"),
+        ({"crop_mode": "zoom"}, "unknown crop_mode"),
+        ({"crop_pct": 1.5}, "crop_pct"),
+        ({"mean": (0.5, 0.5)}, "mean has 2 values"),
+    ],
+)
+def test_bad_configs_are_input_errors(bad, message):
+    with pytest.raises(InputError, match=message):
+        create_transform(dict(CONFIG, **bad), train=False)
+
+
+def _dataset(tmp_path, n=6):
+    good_images(tmp_path / "a", n, seed=1)
+    good_images(tmp_path / "b", n, seed=2)
+    data = load_data(tmp_path, val_split=0)
+    return ImageDataset(data.train, create_transform(CONFIG, train=False))
+
+
+def test_loader_batches_and_is_reproducible(tmp_path):
+    ds = _dataset(tmp_path)
+    loader = create_loader(ds, batch_size=5, shuffle=True, seed=1, workers=0)
+    xs, ys = next(iter(loader))
+    assert xs.shape == (5, 3, 16, 16) and ys.dtype == torch.int64
+
+    def order(seed):
+        return [
+            y.tolist()
+            for _, y in create_loader(ds, batch_size=5, shuffle=True, seed=seed, workers=0)
+        ]
+
+    assert order(1) == order(1) != order(2)
+
+
+def test_loader_with_workers_and_picklable_dataset(tmp_path):
+    ds = _dataset(tmp_path)
+    pickle.loads(pickle.dumps(ds))  # spawn/forkserver workers need this
+    loader = create_loader(ds, batch_size=4, workers=1)
+    assert loader.persistent_workers and not loader.pin_memory
+    assert sum(len(y) for _, y in loader) == 12
+
+
+def test_default_workers():
+    assert default_workers(10, batch_size=64) == 0
+    assert 1 <= default_workers(1000, batch_size=64) <= 4
