@@ -39,7 +39,7 @@ class PhaseConfig:
     lr: float = 1e-3
     patience: int = 5
     min_delta: float = 1e-4
-    min_rel_delta: float = 0.01
+    min_rel_delta: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: float = 0.0

@@ -118,18 +118,18 @@ class Backbone(nn.Module):
         self.weights_digest = digest or weights_digest(model)
         self._cut_hook = None
         self._cut_out: list[torch.Tensor] = []
-        trace = self._trace()
+        trace, full_output_shape = self._trace()
         self.all_blocks = _discover_blocks(model, trace)
         self.cut = None
         self._full_trace = trace
         if cut is not None and cut != self.cut_points[-1]:
             self._apply_cut(cut, trace)
+            shape = trace.runs[self._cut_module_name].output_shape
         else:
             self.cut = self.cut_points[-1] if self.cut_points else None
-        self._final_trace = self._trace()
-        out = self._final_trace_output
-        self.feature_shape: tuple[int, ...] = tuple(out.shape[1:])
-        self.num_features = int(out.shape[-1] if out.dim() == 3 else out.shape[1])
+            shape = full_output_shape
+        self.feature_shape: tuple[int, ...] = tuple(shape)
+        self.num_features = int(shape[-1] if len(shape) == 2 else shape[0])
 
     # ------------------------------------------------------------------ contract
     @property
@@ -181,7 +181,8 @@ class Backbone(nn.Module):
         }
 
     # ------------------------------------------------------------------ internals
-    def _trace(self) -> Trace:
+    def _trace(self) -> tuple[Trace, tuple[int, ...]]:
+        """One forward at the default input: execution order, shapes, output shape."""
         x = torch.zeros(1, *self.input_size)
         outputs = []
 
@@ -189,8 +190,7 @@ class Backbone(nn.Module):
             outputs.append(self.forward_features(inp))
 
         trace = trace_modules(self.model, run, x)
-        self._final_trace_output = outputs[0]
-        return trace
+        return trace, tuple(outputs[0].shape[1:])
 
     def _kept_blocks(self) -> list[Block]:
         if self._cut_hook is None:
