@@ -6,12 +6,16 @@ Exit status: 0 success, 2 usage or input error (one line), 1 unexpected failure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .config import DEVICES, STRATEGIES, FitConfig
 from .errors import TransferkitError
+from .freezing import BN_POLICIES
+from .heads import POOLINGS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -114,9 +118,113 @@ def _run_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- fit
+
+
+def _add_fit(sub) -> None:
+    p = sub.add_parser("fit", help="train a classifier on a folder of labelled images")
+    p.add_argument("data", help="folder of class sub-folders (or train/ val/ test/), or a CSV")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--config", help="JSON file of fit settings (flags override it)")
+    p.add_argument("--backbone", help="built-in name, timm name or checkpoint path")
+    p.add_argument("--weights", help="local weights file, or 'none' for random init")
+    p.add_argument("--cut", help="layer to cut the backbone at (see `inspect`)")
+    p.add_argument("--strategy", choices=STRATEGIES)
+    p.add_argument("--unfreeze", help="fine-tuning: 'all' or 'top:N' whole blocks")
+    p.add_argument("--bn", choices=BN_POLICIES, help="BatchNorm during fine-tuning")
+    p.add_argument("--epochs", type=int, help="max epochs of the head phase")
+    p.add_argument("--fine-tune-epochs", type=int, help="max epochs of the fine-tuning phase")
+    p.add_argument("--lr", type=float, help="head learning rate")
+    p.add_argument("--fine-tune-lr", type=float, help="fine-tuning learning rate (10-100x lower)")
+    p.add_argument("--layer-decay", type=float, help="layer-wise LR decay per block, e.g. 0.8")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, help="square input size in pixels")
+    p.add_argument("--pooling", choices=POOLINGS, help="head pooling")
+    p.add_argument("--hidden", type=int, help="head hidden layer width (0: none)")
+    p.add_argument("--dropout", type=float, help="head dropout")
+    p.add_argument("--val-split", type=float, help="validation fraction when there is no val/")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--workers", type=int, help="data loader processes")
+    p.add_argument("--cache-dir", help="feature cache folder")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--json", action="store_true", help="print metrics.json when done")
+    p.set_defaults(handler=_run_fit)
+
+
+_HEAD_FLAGS = ("pooling", "hidden", "dropout")
+_FIT_FLAGS = (
+    "backbone",
+    "weights",
+    "cut",
+    "strategy",
+    "unfreeze",
+    "bn",
+    "epochs",
+    "fine_tune_epochs",
+    "lr",
+    "fine_tune_lr",
+    "layer_decay",
+    "batch_size",
+    "image_size",
+    "val_split",
+    "seed",
+    "device",
+    "workers",
+    "cache_dir",
+    "augment",
+)
+
+
+def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
+    """defaults < --config file < flags."""
+    overrides = {k: getattr(args, k) for k in _FIT_FLAGS if getattr(args, k) is not None}
+    base = FitConfig.from_file(args.config) if args.config else FitConfig()
+    head = {k: getattr(args, k) for k in _HEAD_FLAGS if getattr(args, k) is not None}
+    if head:
+        overrides["head"] = dataclasses.replace(base.head, **head)
+    return dataclasses.replace(base, **overrides)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from .estimator import TransferClassifier
+
+    _console_logging()
+    cfg = fit_config_from_args(args)
+    clf = TransferClassifier(cfg.backbone, cfg.strategy, config=cfg)
+    clf.fit(args.data, run_dir=args.out, resume=args.resume)
+    m = clf.metrics_
+    if args.json:
+        _print_json(m)
+        return 0
+    line = f"val accuracy {m.get('val_accuracy', float('nan')):.4f}"
+    if "test_accuracy" in m:
+        line += f", test accuracy {m['test_accuracy']:.4f}"
+    print(
+        f"{line} ({m['strategy']}, {m['backbone']}, {m['seconds_total']:.1f}s); "
+        f"run saved to {args.out}"
+    )
+    return 0
+
+
+def _console_logging() -> None:
+    import logging
+
+    logger = logging.getLogger("transferkit")
+    if not any(getattr(h, "_transferkit_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setLevel(logging.INFO)
+        handler._transferkit_console = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 # --------------------------------------------------------------------------- main
 
-_COMMANDS = [_add_inspect, _add_data, _add_datasets]
+_COMMANDS = [_add_inspect, _add_data, _add_datasets, _add_fit]
 
 
 def build_parser() -> argparse.ArgumentParser:
