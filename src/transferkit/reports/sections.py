@@ -1,0 +1,284 @@
+"""HTML fragments for the report, one function per section; ``html`` assembles them.
+
+Every string that reaches the page goes through :func:`esc` (class names, paths, config
+values and dict keys are user data and may hold ``<``, ``&``, quotes or non-ASCII);
+images become ``data:`` URIs so the page stays one self-contained file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath
+
+import numpy as np
+
+from .history import phase_seconds
+from .metrics import Metrics
+from .plots import png_bytes, thumbnail
+
+MAX_LIST_ITEMS = 50  # a data report can list thousands of bad files; the page stays readable
+MAX_TABLE_ROWS = 200
+MAX_DEPTH = 4
+
+
+def esc(value: object) -> str:
+    """HTML-escape ``str(value)``, quotes included, so it is safe in text and attributes."""
+    return html.escape(str(value), quote=True)
+
+
+def img_tag(png: bytes, alt: str, css_class: str = "figure") -> str:
+    """An ``<img>`` with the PNG embedded as a base64 data URI."""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="{css_class}" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def section(anchor: str, heading: str, body: str) -> str:
+    """One titled section of the page."""
+    return f'<section id="{anchor}">\n<h2>{esc(heading)}</h2>\n{body}\n</section>'
+
+
+def summary_cards(metrics: Metrics | None, decision: Mapping | None, gap: dict) -> str:
+    """The headline numbers, first thing on the page."""
+    cards: list[tuple[str, str]] = []
+    if metrics is not None:
+        cards += [
+            ("accuracy", _pct(metrics.accuracy)),
+            ("balanced accuracy", _pct(metrics.balanced_accuracy)),
+        ]
+        cards += [
+            (f"top-{k} accuracy", _pct(v))
+            for k, v in sorted(metrics.top_k_accuracy.items())
+            if k > 1
+        ]
+        cards += [
+            ("macro F1", _num(metrics.macro_f1)),
+            ("calibration error (ECE)", _num(metrics.ece)),
+        ]
+        cards += [("examples evaluated", f"{metrics.n:,}")]
+    if decision and decision.get("strategy") is not None:
+        cards.append(("strategy", esc(decision["strategy"])))
+    if gap.get("best_epoch") is not None:
+        cards.append(("best validation epoch", str(gap["best_epoch"])))
+    if not cards:
+        return ""
+    items = "".join(
+        f'<div class="card"><div class="v">{v}</div><div class="k">{esc(k)}</div></div>'
+        for k, v in cards
+    )
+    return f'<div class="cards">{items}</div>'
+
+
+def training_section(
+    history: Sequence[Mapping], curves_png: bytes | None, unfreeze_epoch: int | None, gap: dict
+) -> str:
+    """Curves for both phases, the unfreeze point, and the overfitting call-out (R8)."""
+    if not history:
+        return "<p>No training history was recorded for this run.</p>"
+    level = {True: "warn", False: "ok"}.get(gap.get("overfitting"), "info")
+    parts = [
+        f'<p class="callout {level}"><strong>Overfitting check.</strong> {esc(gap["sentence"])}</p>'
+    ]
+    if curves_png is not None:
+        parts.append(
+            img_tag(curves_png, "Training curves: loss, accuracy and learning rate per epoch")
+        )
+    notes = []
+    if unfreeze_epoch is not None:
+        notes.append(
+            f"The base was unfrozen at epoch {esc(unfreeze_epoch)} (dashed line, shaded after)."
+        )
+    phases = [
+        f"{esc(name)}: {n} epoch{'s' if n != 1 else ''}, {esc(_duration(sec))}"
+        for name, (n, sec) in phase_seconds(history).items()
+    ]
+    notes.append("Phases — " + "; ".join(phases) + ".")
+    parts.append(f'<p class="note">{" ".join(notes)}</p>')
+    return "\n".join(parts)
+
+
+def evaluation_section(
+    metrics: Metrics, confusion_png: bytes | None, per_class_png: bytes | None
+) -> str:
+    """Overall numbers, confusion matrix, per-class chart and table."""
+    rows = [
+        ("accuracy", _pct(metrics.accuracy)),
+        ("balanced accuracy", _pct(metrics.balanced_accuracy)),
+    ]
+    rows += [(f"top-{k} accuracy", _pct(v)) for k, v in sorted(metrics.top_k_accuracy.items())]
+    rows += [
+        ("macro F1", _num(metrics.macro_f1)),
+        ("expected calibration error", _num(metrics.ece)),
+    ]
+    rows += [("examples", f"{metrics.n:,}"), ("classes", str(len(metrics.classes)))]
+    overall = "".join(f"<tr><th>{esc(k)}</th><td class=num>{v}</td></tr>" for k, v in rows)
+    parts = [f'<table class="kv">{overall}</table>']
+    figs = [
+        img_tag(p, alt)
+        for p, alt in ((confusion_png, "Confusion matrix"), (per_class_png, "F1 per class"))
+        if p
+    ]
+    if figs:
+        parts.append(f'<div class="figs">{"".join(figs)}</div>')
+    parts.append(per_class_table(metrics))
+    return "\n".join(parts)
+
+
+def per_class_table(metrics: Metrics) -> str:
+    """Precision, recall, F1 and support per class, with the class each is most confused with."""
+    cm = np.asarray(metrics.confusion)
+    body = []
+    for i, c in enumerate(metrics.per_class):
+        off = cm[i].copy()
+        off[i] = 0
+        j = int(off.argmax()) if off.size else 0
+        confused = f"{esc(metrics.classes[j])} ({off[j]})" if off.size and off[j] > 0 else "—"
+        flag = (
+            ' class="absent" title="no examples of this class in the labels"'
+            if c.support == 0
+            else ""
+        )
+        body.append(
+            f"<tr{flag}><td>{esc(c.name)}</td><td class=num>{c.precision:.3f}</td>"
+            f"<td class=num>{c.recall:.3f}</td><td class=num>{c.f1:.3f}</td>"
+            f"<td class=num>{c.support:,}</td><td>{confused}</td></tr>"
+        )
+    columns = ("class", "precision", "recall", "F1", "support", "most often predicted instead")
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+    return f'<table class="grid"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def mistakes_section(mistakes: Sequence[Mapping]) -> str:
+    """The most confident mistakes as a grid of thumbnails with escaped captions."""
+    if not mistakes:
+        return "<p>No mistakes: every evaluated example was classified correctly.</p>"
+    cells = []
+    for m in mistakes:
+        image = m.get("image")
+        alt = f"true {m.get('true')}, predicted {m.get('pred')}"
+        pic = (
+            img_tag(png_bytes(thumbnail(image)), alt, "thumb")
+            if image is not None
+            else '<div class="noimg">image unavailable</div>'
+        )
+        caption = (
+            f"true <b>{esc(m.get('true'))}</b><br>"
+            f"pred <b>{esc(m.get('pred'))}</b> ({_pct(m.get('confidence'))})"
+        )
+        if m.get("path") is not None:
+            caption += f'<br><span class="path">{esc(m["path"])}</span>'
+        cells.append(f"<figure>{pic}<figcaption>{caption}</figcaption></figure>")
+    intro = '<p class="note">Wrong predictions made with the highest confidence first.</p>'
+    return f'{intro}<div class="mistakes">{"".join(cells)}</div>'
+
+
+def decision_section(decision: Mapping) -> str:
+    """The strategy chosen, why, and the measurements behind it (R6)."""
+    parts = []
+    if decision.get("strategy") is not None:
+        parts.append(
+            f'<p class="strategy">Strategy: <strong>{esc(decision["strategy"])}</strong></p>'
+        )
+    if decision.get("reason"):
+        parts.append(f'<p class="callout info">{esc(decision["reason"])}</p>')
+    rest = {k: v for k, v in decision.items() if k not in ("strategy", "reason")}
+    if rest:
+        parts.append(value_html(rest))
+    return "\n".join(parts)
+
+
+def timings_section(timings: Mapping) -> str:
+    """Wall-clock times (values in seconds) in human units."""
+    cells = {k: _duration(v) if _is_number(v) else value_html(v) for k, v in timings.items()}
+    rows = "".join(f"<tr><th>{esc(k)}</th><td class=num>{v}</td></tr>" for k, v in cells.items())
+    return f'<table class="kv">{rows}</table>'
+
+
+def config_section(config: Mapping) -> str:
+    """The resolved configuration as indented JSON, exactly as written to the run."""
+    text = json.dumps(config, indent=2, ensure_ascii=False, default=str)
+    return f"<pre>{esc(text)}</pre>"
+
+
+def value_html(value: object, depth: int = 0) -> str:
+    """Any JSON-like value as HTML: dicts as key/value tables, lists of dicts as tables.
+
+    Why generic: the data report and the strategy scores are other modules' dicts; the
+    report shows whatever they hold without knowing their shape, long lists truncated.
+    """
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if _is_number(value):
+        return _num(value)
+    if isinstance(value, str | PurePath):
+        return esc(value)
+    if depth >= MAX_DEPTH:
+        return f"<code>{esc(json.dumps(value, ensure_ascii=False, default=str))}</code>"
+    if isinstance(value, Mapping):
+        rows = "".join(
+            f"<tr><th>{esc(k)}</th><td>{value_html(v, depth + 1)}</td></tr>"
+            for k, v in value.items()
+        )
+        return f'<table class="kv">{rows}</table>' if rows else "—"
+    if isinstance(value, Sequence | set | frozenset | np.ndarray):
+        return _list_html(list(value), depth)
+    return esc(value)
+
+
+def _list_html(items: list, depth: int) -> str:
+    if not items:
+        return "—"
+    more = len(items) - (
+        MAX_TABLE_ROWS if all(isinstance(i, Mapping) for i in items) else MAX_LIST_ITEMS
+    )
+    tail = f'<p class="note">… and {more:,} more</p>' if more > 0 else ""
+    if all(isinstance(i, Mapping) for i in items):
+        keys = list(dict.fromkeys(k for i in items for k in i))
+        head = "".join(f"<th>{esc(k)}</th>" for k in keys)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{value_html(i.get(k), depth + 1)}</td>" for k in keys) + "</tr>"
+            for i in items[:MAX_TABLE_ROWS]
+        )
+        return (
+            f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{tail}'
+        )
+    shown = items[:MAX_LIST_ITEMS]
+    if all(not isinstance(i, Mapping | list | tuple) for i in shown):
+        return ", ".join(value_html(i, depth + 1) for i in shown) + tail
+    return "<ul>" + "".join(f"<li>{value_html(i, depth + 1)}</li>" for i in shown) + "</ul>" + tail
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _num(value: object) -> str:
+    if not _is_number(value) or (
+        isinstance(value, float | np.floating) and not math.isfinite(value)
+    ):
+        return "—" if value is None or _is_number(value) else esc(value)
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    return f"{float(value):.4g}"
+
+
+def _pct(value: object) -> str:
+    return f"{float(value):.1%}" if _is_number(value) and math.isfinite(float(value)) else "—"
+
+
+def _duration(seconds: object) -> str:
+    if not _is_number(seconds) or not math.isfinite(float(seconds)):
+        return "—"
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f} s"
+    minutes, s = divmod(s, 60)
+    if minutes < 60:
+        return f"{int(minutes)} min {s:.0f} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)} h {int(minutes)} min"
