@@ -120,3 +120,12 @@ def test_loader_with_workers_and_picklable_dataset(tmp_path):
 def test_default_workers():
     assert default_workers(10, batch_size=64) == 0
     assert 1 <= default_workers(1000, batch_size=64) <= 4
+
+
+def test_numpy_normalisation_matches_torchvision():
+    from torchvision import transforms as T
+
+    cfg = dict(CONFIG, crop_pct=1.0)
+    img = noise(size=(16, 16))
+    expected = T.Normalize(cfg["mean"], cfg["std"])(T.ToTensor()(img))
+    assert torch.allclose(create_transform(cfg, train=False)(img), expected, atol=1e-5)

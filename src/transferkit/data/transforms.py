@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -99,7 +101,7 @@ def create_transform(
     interp = _INTERPOLATION[cfg["interpolation"]]
     size = (cfg["input_size"][1], cfg["input_size"][2])
     ops = _train_ops(size, interp, augment) if augmenting else _eval_ops(cfg, size, interp)
-    ops += [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
+    ops.append(_ToNormalizedTensor(cfg["mean"], cfg["std"]))
     cfg["train"] = augmenting
     cfg["augment"] = _jsonable(asdict(augment)) if augmenting else None
     return ImageTransform(ops, cfg["input_size"][0], cfg)
@@ -173,6 +175,29 @@ def _train_ops(size: tuple[int, int], interp, augment: AugmentConfig) -> list:
         j = float(augment.color_jitter)
         ops.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
     return ops
+
+
+class _ToNormalizedTensor:
+    """PIL image -> (C, H, W) float32 tensor, ``(x / 255 - mean) / std``.
+
+    Same result as ``ToTensor`` + ``Normalize``, computed in numpy: torch's intra-op
+    thread pool is slow to wake for a few small ops per image, and on a busy machine
+    it made the main-process loader ten times slower (bench/loader_throughput.py).
+    """
+
+    def __init__(self, mean: list[float], std: list[float]):
+        self.mean = np.asarray(mean, np.float32) * 255.0
+        self.scale = 1.0 / (np.asarray(std, np.float32) * 255.0)
+        self.mean_std = (list(mean), list(std))
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        arr = (arr - self.mean) * self.scale
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def __repr__(self) -> str:
+        return f"ToNormalizedTensor(mean={self.mean_std[0]}, std={self.mean_std[1]})"
 
 
 class _ResizeLonger:
