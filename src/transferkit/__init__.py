@@ -3,16 +3,21 @@
 The public API. See README.md for the two-command start and docs/ for the guide.
 """
 
-from .backbones import Backbone, create_backbone, list_backbones
-from .errors import InputError, MissingDependencyError, TransferkitError, WeightsUnavailableError
-from .freezing import create_optimizer, freeze, set_bn_policy, summary, unfreeze
-
 __version__ = "0.1.0"
+
+from .backbones import Backbone, create_backbone, list_backbones
+from .config import FitConfig
+from .errors import InputError, MissingDependencyError, TransferkitError, WeightsUnavailableError
+from .estimator import TransferClassifier, load
+from .freezing import create_optimizer, freeze, set_bn_policy, summary, unfreeze
+from .runs import load_run
 
 __all__ = [
     "Backbone",
+    "FitConfig",
     "InputError",
     "MissingDependencyError",
+    "TransferClassifier",
     "TransferkitError",
     "WeightsUnavailableError",
     "__version__",
@@ -20,6 +25,8 @@ __all__ = [
     "create_optimizer",
     "freeze",
     "list_backbones",
+    "load",
+    "load_run",
     "set_bn_policy",
     "summary",
     "unfreeze",

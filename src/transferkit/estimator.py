@@ -157,12 +157,14 @@ class TransferClassifier:
             "phases": [p.to_dict() for p in result.phases],
             "feature_cache": dataclasses.asdict(ctx.cache.stats),
         }
+        self.predictions_ = []
         for split in ("val", "test"):
             examples = getattr(ctx.splits, split)
             if examples:
-                ev = evaluate_examples(ctx, result, examples, split)
+                ev = evaluate_examples(ctx, result, examples, split, keep=True)
                 metrics[f"{split}_accuracy"] = ev.accuracy
                 metrics[f"{split}_loss"] = ev.loss
+                self.predictions_ += prediction_rows(split, examples, ev.probabilities)
         metrics["seconds_total"] = seconds
         return metrics
 
@@ -244,6 +246,15 @@ def evaluate_examples(ctx: FitContext, result, examples, split: str, keep: bool 
         return evaluate(head, batches, head.loss, head.probabilities, ctx.device, keep=keep)
     loader = make_loader(ctx, image_dataset(ctx, examples, train=False), shuffle=False)
     return evaluate(model, loader, head.loss, head.probabilities, ctx.device, keep=keep)
+
+
+def prediction_rows(split: str, examples, probabilities: torch.Tensor) -> list[dict]:
+    """One row per example: where it is, its label, and the class probabilities."""
+    probs = probabilities.numpy()
+    return [
+        {"split": split, "path": e.path, "label": e.label, "probs": p.tolist()}
+        for e, p in zip(examples, probs, strict=True)
+    ]
 
 
 def _as_image(item, channels: int, open_image):

@@ -3,9 +3,10 @@
 ``config.json`` (backbone spec, architecture and weights digest, cut, head, classes,
 preprocessing, the resolved fit config, the SHA-256 of the weights file),
 ``model.safetensors``, ``metrics.json``, ``history.csv``, ``data_report.json``,
-``train.log``. Every file is written atomically; nothing needs pickle. Loading
-checks the weights file against its recorded digest, so a truncated or altered file
-is refused instead of giving a wrong model.
+``train.log``, ``predictions.csv`` (validation/test probabilities). Every file is
+written atomically; nothing needs pickle. Loading checks the weights file against its
+recorded digest, so a truncated or altered file is refused instead of giving a wrong
+model.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ CONFIG, WEIGHTS, METRICS, HISTORY = (
     "metrics.json",
     "history.csv",
 )
-DATA_REPORT, LOG = "data_report.json", "train.log"
+DATA_REPORT, LOG, PREDICTIONS = "data_report.json", "train.log", "predictions.csv"
 HISTORY_FIELDS = [
     "phase",
     "epoch",
@@ -86,6 +87,7 @@ def save_run(
     metrics: dict,
     history: list[dict],
     data_report: dict | None = None,
+    predictions: list[dict] | None = None,
 ) -> Path:
     """Write the run directory; returns its path."""
     run = Path(run_dir)
@@ -113,7 +115,45 @@ def save_run(
     atomic_write_text(run / HISTORY, history_csv(history))
     if data_report is not None:
         atomic_write_text(run / DATA_REPORT, _json(data_report))
+    if predictions:
+        atomic_write_text(run / PREDICTIONS, predictions_csv(predictions, classes))
     return run
+
+
+def predictions_csv(rows: list[dict], classes: list[str]) -> str:
+    """split, path, label, prediction, confidence, then one probability per class."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(
+        ["split", "path", "label", "prediction", "confidence", *[f"p:{c}" for c in classes]]
+    )
+    for r in rows:
+        probs = r["probs"]
+        best = max(range(len(probs)), key=probs.__getitem__)
+        writer.writerow(
+            [
+                r["split"],
+                r["path"],
+                classes[r["label"]],
+                classes[best],
+                f"{probs[best]:.6f}",
+                *[f"{p:.6f}" for p in probs],
+            ]
+        )
+    return buf.getvalue()
+
+
+def read_predictions(run_dir: str | Path) -> list[dict]:
+    """Rows of predictions.csv with probabilities as floats (empty if absent)."""
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["confidence"] = float(r["confidence"])
+        r["probs"] = [float(v) for k, v in r.items() if k.startswith("p:")]
+    return rows
 
 
 def history_csv(history: list[dict]) -> str:
