@@ -16,6 +16,19 @@ from dataclasses import dataclass, field
 from .scanning import Candidate, ScannedFile, SkippedFile
 
 SPLITS = ("train", "val", "test")
+_MODE_NAMES = {
+    "L": "grayscale (L)",
+    "LA": "grayscale+alpha (LA)",
+    "P": "palette (P)",
+    "1": "1-bit (1)",
+    "RGB": "RGB",
+    "RGBA": "with alpha (RGBA)",
+    "CMYK": "CMYK",
+    "I;16": "16-bit (I;16)",
+    "I": "32-bit integer (I)",
+    "F": "float (F)",
+    "exif_rotated": "EXIF-rotated upright",
+}
 
 
 @dataclass(frozen=True)
@@ -235,8 +248,8 @@ def render_text(report: DataReport) -> str:
         )
         lines.append(f"Validation: {how}")
     if report.conversions:
-        conv = ", ".join(f"{n} {m}" for m, n in report.conversions.items())
-        lines.append(f"Converted on load to {report.image_mode}: {conv}")
+        conv = ", ".join(f"{n} {_MODE_NAMES.get(m, m)}" for m, n in report.conversions.items())
+        lines.append(f"Converted on load (to {report.image_mode}): {conv}")
     if report.skipped:
         lines.append(f"Not used ({len(report.skipped)}):")
         lines += [f"  {s['path']}: {s['reason']}" for s in report.skipped]
