@@ -129,3 +129,15 @@ def test_numpy_normalisation_matches_torchvision():
     img = noise(size=(16, 16))
     expected = T.Normalize(cfg["mean"], cfg["std"])(T.ToTensor()(img))
     assert torch.allclose(create_transform(cfg, train=False)(img), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_file_broken_after_the_scan_is_a_one_line_error(tmp_path, workers):
+    ds = _dataset(tmp_path)
+    broken = ds.examples[3].path
+    with open(broken, "r+b") as f:
+        f.truncate(30)
+    with pytest.raises(InputError) as e:
+        for _ in create_loader(ds, batch_size=4, workers=workers):
+            pass
+    assert "\n" not in str(e.value) and broken in str(e.value)

@@ -104,7 +104,7 @@ def create_loader(
     generator = torch.Generator()
     generator.manual_seed(seed)
     pin = torch.device(device).type == "cuda" and torch.cuda.is_available()
-    return DataLoader(
+    return _Loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
@@ -117,6 +117,40 @@ def create_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
     )
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose errors stay one line.
+
+    A file that breaks after the scan (deleted, truncated) raises ``InputError`` in a
+    worker process; torch re-raises it in the main process with the worker's whole
+    traceback in the message, which the CLI would print. Here it is re-raised with the
+    original one-line message.
+    """
+
+    def __iter__(self):
+        return _OneLineErrors(super().__iter__())
+
+
+class _OneLineErrors:
+    def __init__(self, it):
+        self._it = it
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def __next__(self):
+        try:
+            return next(self._it)
+        except InputError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            last = text.rstrip().splitlines()[-1]
+            raise InputError(last.split("InputError: ", 1)[-1]) from None
 
 
 def _init_worker(worker_id: int) -> None:
