@@ -31,8 +31,9 @@ from transferkit.transferability import (
 # ---------------------------------------------------------------------------- data
 
 
-def blobs(n_per_class: int = 50, n_classes: int = 4, dim: int = 8, spread: float = 6.0,
-          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def blobs(
+    n_per_class: int = 50, n_classes: int = 4, dim: int = 8, spread: float = 6.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Well-separated Gaussian blobs whose centres point in different directions, so
     cosine and linear classifiers both separate them."""
     rng = np.random.default_rng(seed)
@@ -57,9 +58,12 @@ def logme_direct(f: np.ndarray, labels: np.ndarray) -> float:
     per_class = []
     for c in np.unique(labels):
         y = (labels == c).astype(float)
-        result = minimize(lambda p, y=y: -log_evidence_direct(f, y, *p), x0=[0.0, 0.0],
-                          method="Nelder-Mead",
-                          options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20_000})
+        result = minimize(
+            lambda p, y=y: -log_evidence_direct(f, y, *p),
+            x0=[0.0, 0.0],
+            method="Nelder-Mead",
+            options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20_000},
+        )
         assert result.success, result.message
         per_class.append(-result.fun / len(y))
     return float(np.mean(per_class))
@@ -70,17 +74,23 @@ def logme_direct(f: np.ndarray, labels: np.ndarray) -> float:
 
 @pytest.mark.parametrize(
     "n, d, noise, degenerate",
-    [(60, 5, 1.0, False), (40, 12, 0.5, False), (25, 3, 3.0, False),
-     (40, 6, 1.0, True),  # rank-deficient: repeated and all-zero feature columns
-     (20, 30, 1.0, False), (12, 40, 0.5, False)],  # more features than examples
+    [
+        (60, 5, 1.0, False),
+        (40, 12, 0.5, False),
+        (25, 3, 3.0, False),
+        (40, 6, 1.0, True),  # rank-deficient: repeated and all-zero feature columns
+        (20, 30, 1.0, False),
+        (12, 40, 0.5, False),
+    ],  # more features than examples
 )
 def test_logme_matches_direct_evidence_maximisation(n, d, noise, degenerate):
     rng = np.random.default_rng(n + d)
     f = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, size=d)  # unequal feature scales
     if degenerate:
         f = np.hstack([f, 2 * f[:, :3], np.zeros((n, 2))])
-    labels = np.argmax(f @ rng.normal(size=(f.shape[1], 3)) + noise * rng.normal(size=(n, 3)),
-                       axis=1)
+    labels = np.argmax(
+        f @ rng.normal(size=(f.shape[1], 3)) + noise * rng.normal(size=(n, 3)), axis=1
+    )
     expected = logme_direct(f, labels)
     assert logme(f, labels) == pytest.approx(expected, rel=1e-4)
 
@@ -97,6 +107,14 @@ def test_logme_is_finite_with_more_features_than_examples():
     rng = np.random.default_rng(0)
     value = logme(rng.normal(size=(15, 30)), rng.integers(0, 3, 15))
     assert math.isfinite(value)
+
+
+def test_logme_of_all_zero_features_is_the_noise_only_model():
+    # No weights can help, so y ~ N(0, I/beta) with beta = N/|y|^2 (here 2 for 0/1
+    # targets split in halves): dead channels at a low cut must not give NaN.
+    y = np.repeat([0, 1], 10)
+    expected = 0.5 * math.log(2) - 0.5 * math.log(2 * math.pi) - 0.5
+    assert logme(np.zeros((20, 3)), y) == pytest.approx(expected, rel=1e-9)
 
 
 def test_logme_accepts_any_label_type():
@@ -183,8 +201,10 @@ def test_score_features_runtime_on_2000_by_256():
     start = time.perf_counter()
     scores = score_features(x.astype(np.float32), y)
     total = time.perf_counter() - start
-    print(f"\nscore_features 2000x256, 10 classes: {total:.2f}s total, "
-          + ", ".join(f"{k} {v:.2f}s" for k, v in scores.seconds.items()))
+    print(
+        f"\nscore_features 2000x256, 10 classes: {total:.2f}s total, "
+        + ", ".join(f"{k} {v:.2f}s" for k, v in scores.seconds.items())
+    )
     assert scores.linear_probe_accuracy > 0.9
 
 
@@ -202,8 +222,12 @@ def test_pooled_features_shapes_match_channels_at_each_resnet_cut():
     feats = pooled_features_per_cut(bb, batches_of(5), bb.cut_points)
     assert list(feats) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
     assert {cut: f.shape for cut, f in feats.items()} == {
-        "conv1": (5, 64), "layer1": (5, 64), "layer2": (5, 128), "layer3": (5, 256),
-        "layer4": (5, 512)}
+        "conv1": (5, 64),
+        "layer1": (5, 64),
+        "layer2": (5, 128),
+        "layer3": (5, 256),
+        "layer4": (5, 512),
+    }
     assert all(f.dtype == np.float32 for f in feats.values())
 
 
@@ -219,8 +243,9 @@ def test_pooled_features_equal_those_of_a_backbone_cut_there():
     np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
     # The cut backbone itself yields its own cut (our hook runs before its stop hook),
     # but nothing above it, and a factory works as well as a backbone.
-    np.testing.assert_allclose(pooled_features_per_cut(cut, x, ["layer2"])["layer2"], expected,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        pooled_features_per_cut(cut, x, ["layer2"])["layer2"], expected, rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(InputError, match="did not run"):
         pooled_features_per_cut(lambda: cut, x, ["layer3"])
 
@@ -286,8 +311,9 @@ def test_gaussian_overlap_is_symmetric_and_scale_free():
     b = gaussian_overlap(np.array([10.0]), np.array([400.0]), np.array([0.0]), np.array([100.0]))
     c = gaussian_overlap(np.array([1.0]), np.array([4.0]), np.array([0.0]), np.array([1.0]))
     assert a == pytest.approx(b) and a == pytest.approx(c)
-    assert gaussian_overlap(np.array([3.0]), np.array([2.0]), np.array([3.0]),
-                            np.array([2.0])) == pytest.approx(1.0)
+    assert gaussian_overlap(
+        np.array([3.0]), np.array([2.0]), np.array([3.0]), np.array([2.0])
+    ) == pytest.approx(1.0)
 
 
 def test_bn_similarity_per_cut_of_a_backbone():
@@ -297,7 +323,8 @@ def test_bn_similarity_per_cut_of_a_backbone():
     assert list(by_cut) == bb.cut_points
     assert by_cut["conv1"] == ["bn1"]
     assert sorted(n for layers in by_cut.values() for n in layers) == sorted(
-        n for n, _ in sim.per_layer)
+        n for n, _ in sim.per_layer
+    )
     per_cut = sim.per_cut(by_cut)
     assert list(per_cut) == bb.cut_points and all(0 < v <= 1 for v in per_cut.values())
     assert json.loads(json.dumps(sim.to_dict()))["overall"] == pytest.approx(sim.overall)
@@ -337,8 +364,9 @@ def digits_batches(bb, size: int = 32, batch: int = 256):
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = nn.functional.interpolate(images, size=(size, size), mode="bilinear",
-                                       align_corners=False).repeat(1, 3, 1, 1)
+    images = nn.functional.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False
+    ).repeat(1, 3, 1, 1)
     mean = torch.tensor(bb.data_config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(bb.data_config["std"]).view(1, 3, 1, 1)
     return list(((images - mean) / std).split(batch)), digits.target
@@ -355,14 +383,20 @@ def test_digits_through_efficientnet_lite0_per_cut():
     extract = time.perf_counter() - start
     scores = score_per_cut(per_cut, labels)
     bn = similarity.per_cut(bn_layers_by_cut(bb))
-    print(f"\ndigits ({len(labels)} images, 32 px) through efficientnet_lite0: features at "
-          f"{len(per_cut)} cuts and BN statistics in one pass, {extract:.1f}s; "
-          f"BN similarity overall {similarity.overall:.3f}")
-    print(f"{'cut':<10}{'dim':>6}{'logme':>8}{'knn':>7}{'probe':>7}{'bn_sim':>8}"
-          "   seconds (logme/knn/probe)")
+    print(
+        f"\ndigits ({len(labels)} images, 32 px) through efficientnet_lite0: features at "
+        f"{len(per_cut)} cuts and BN statistics in one pass, {extract:.1f}s; "
+        f"BN similarity overall {similarity.overall:.3f}"
+    )
+    print(
+        f"{'cut':<10}{'dim':>6}{'logme':>8}{'knn':>7}{'probe':>7}{'bn_sim':>8}"
+        "   seconds (logme/knn/probe)"
+    )
     for cut, s in scores.items():
         secs = "/".join(f"{v:.2f}" for v in s.seconds.values())
-        print(f"{cut:<10}{s.n_features:>6}{s.logme:>8.3f}{s.knn_accuracy:>7.3f}"
-              f"{s.linear_probe_accuracy:>7.3f}{bn[cut]:>8.3f}   {secs}")
+        print(
+            f"{cut:<10}{s.n_features:>6}{s.logme:>8.3f}{s.knn_accuracy:>7.3f}"
+            f"{s.linear_probe_accuracy:>7.3f}{bn[cut]:>8.3f}   {secs}"
+        )
     assert all(s.linear_probe_accuracy > 3 * s.chance for s in scores.values())
     assert all(0 < v <= 1 for v in bn.values())

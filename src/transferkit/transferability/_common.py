@@ -22,11 +22,14 @@ def check_xy(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     x = np.asarray(features)
     y = np.asarray(labels)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-        raise InputError(f"features must be a numeric (N, D) array, got shape {x.shape} "
-                         f"and dtype {x.dtype}")
+        raise InputError(
+            f"features must be a numeric (N, D) array, got shape {x.shape} and dtype {x.dtype}"
+        )
     if y.ndim != 1 or len(y) != len(x):
-        raise InputError(f"labels must be a 1-D array with one label per row of features "
-                         f"({len(x)}), got shape {y.shape}")
+        raise InputError(
+            f"labels must be a 1-D array with one label per row of features "
+            f"({len(x)}), got shape {y.shape}"
+        )
     x = x.astype(np.float64, copy=False)
     if not np.isfinite(x).all():
         raise InputError("features contain NaN or infinite values")
@@ -44,8 +47,10 @@ def stratified_folds(codes: np.ndarray, folds: int, seed: int) -> StratifiedKFol
         raise InputError(f"folds must be at least 2, got {folds}")
     smallest = int(np.bincount(codes).min())
     if smallest < 2:
-        raise InputError("cross-validation needs at least 2 examples of every class; "
-                         f"the smallest class has {smallest}")
+        raise InputError(
+            "cross-validation needs at least 2 examples of every class; "
+            f"the smallest class has {smallest}"
+        )
     return StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
 
 

@@ -23,8 +23,9 @@ def images_of(batch) -> torch.Tensor:
     if isinstance(batch, (tuple, list)) and batch:
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
-        raise InputError(f"batches must yield image tensors or (images, ...) tuples, "
-                         f"got {type(batch).__name__}")
+        raise InputError(
+            f"batches must yield image tensors or (images, ...) tuples, got {type(batch).__name__}"
+        )
     return batch
 
 
@@ -42,8 +43,13 @@ def inference(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def run_batches(model: nn.Module, batches: Iterable, *, max_batches: int | None = None,
-                forward: Callable[[torch.Tensor], object] | None = None) -> int:
+def run_batches(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    max_batches: int | None = None,
+    forward: Callable[[torch.Tensor], object] | None = None,
+) -> int:
     """Feed each batch to ``forward`` (default: the model) on the model's device.
 
     Returns:

@@ -49,20 +49,25 @@ class BNSimilarity:
 
     def to_dict(self) -> dict:
         """JSON-ready: NaN becomes None."""
-        return {"per_layer": [[name, sim] for name, sim in self.per_layer],
-                "overall": self.overall if math.isfinite(self.overall) else None}
+        return {
+            "per_layer": [[name, sim] for name, sim in self.per_layer],
+            "overall": self.overall if math.isfinite(self.overall) else None,
+        }
 
 
 def bn_layers_by_cut(backbone: Backbone) -> dict[str, list[str]]:
     """The BN layers inside each block of ``backbone``, keyed by cut point, so that
     ``BNSimilarity.per_cut`` tells at which depth the data stops looking familiar."""
     names = [n for n, m in backbone.model.named_modules() if isinstance(m, BN_TYPES)]
-    return {b.name: [n for n in names if any(n == m or n.startswith(m + ".") for m in b.modules)]
-            for b in backbone.all_blocks}
+    return {
+        b.name: [n for n in names if any(n == m or n.startswith(m + ".") for m in b.modules)]
+        for b in backbone.all_blocks
+    }
 
 
-def gaussian_overlap(mu1: np.ndarray, var1: np.ndarray, mu2: np.ndarray,
-                     var2: np.ndarray) -> np.ndarray:
+def gaussian_overlap(
+    mu1: np.ndarray, var1: np.ndarray, mu2: np.ndarray, var2: np.ndarray
+) -> np.ndarray:
     """Bhattacharyya coefficient of N(mu1, var1) and N(mu2, var2), elementwise.
 
     Symmetric, unchanged when a channel is rescaled, 1 for identical Gaussians and
@@ -101,14 +106,16 @@ class BNCapture:
     """
 
     def __init__(self, model: nn.Module):
-        self.layers = [(n, m) for n, m in root_module(model).named_modules()
-                       if isinstance(m, BN_TYPES) and m.running_mean is not None]
+        self.layers = [
+            (n, m)
+            for n, m in root_module(model).named_modules()
+            if isinstance(m, BN_TYPES) and m.running_mean is not None
+        ]
         self.moments = {name: _ChannelMoments() for name, _ in self.layers}
         self._handles: list = []
 
     def __enter__(self) -> BNCapture:
-        self._handles = [m.register_forward_pre_hook(self.moments[name])
-                         for name, m in self.layers]
+        self._handles = [m.register_forward_pre_hook(self.moments[name]) for name, m in self.layers]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -129,8 +136,9 @@ class BNCapture:
         return BNSimilarity(per_layer=per_layer, overall=overall)
 
 
-def bn_similarity(backbone: nn.Module, batches: Iterable, *,
-                  max_batches: int | None = None) -> BNSimilarity:
+def bn_similarity(
+    backbone: nn.Module, batches: Iterable, *, max_batches: int | None = None
+) -> BNSimilarity:
     """Compare the data's per-channel mean/variance at every BN layer's input with
     that layer's running mean/variance.
 

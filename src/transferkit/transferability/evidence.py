@@ -9,8 +9,9 @@ import numpy as np
 from ._common import check_xy, one_blas_thread
 
 
-def logme(features: np.ndarray, labels: np.ndarray, *, tol: float = 1e-12,
-          max_iter: int = 10_000) -> float:
+def logme(
+    features: np.ndarray, labels: np.ndarray, *, tol: float = 1e-12, max_iter: int = 10_000
+) -> float:
     """LogME: mean per-example log evidence of the best Bayesian linear model per class.
 
     For each class the target y is that class's one-vs-rest indicator and the model
@@ -75,8 +76,16 @@ def spectrum(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return s, z
 
 
-def max_log_evidence(s: np.ndarray, z: np.ndarray, outside: np.ndarray, n: int, d: int, *,
-                     tol: float = 1e-12, max_iter: int = 10_000) -> np.ndarray:
+def max_log_evidence(
+    s: np.ndarray,
+    z: np.ndarray,
+    outside: np.ndarray,
+    n: int,
+    d: int,
+    *,
+    tol: float = 1e-12,
+    max_iter: int = 10_000,
+) -> np.ndarray:
     """Maximised log evidence for every target column at once, from F's SVD.
 
     In the basis of F's singular vectors, A = alpha I + beta F^T F is diagonal, so
@@ -108,7 +117,8 @@ def max_log_evidence(s: np.ndarray, z: np.ndarray, outside: np.ndarray, n: int, 
         evidence = new
         if done:
             break
-        alpha = gamma / np.maximum(mm, tiny)
+        # gamma = 0 only when F is all zeros: then alpha cancels out; keep it.
+        alpha = np.where(gamma > 0, gamma / np.maximum(mm, tiny), alpha)
         beta = (n - gamma) / np.maximum(res, tiny)
     return evidence
 
@@ -124,6 +134,12 @@ def _evidence(s, z, outside, n, d, alpha, beta):
     res = ((s * m - z) ** 2).sum(0) + outside
     gamma = (beta * s2 / denom).sum(0)
     log_det_a = np.log(denom).sum(0) + (d - s.shape[0]) * np.log(alpha)
-    evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * math.log(2 * math.pi)
-                - beta / 2 * res - alpha / 2 * mm - log_det_a / 2)
+    evidence = (
+        n / 2 * np.log(beta)
+        + d / 2 * np.log(alpha)
+        - n / 2 * math.log(2 * math.pi)
+        - beta / 2 * res
+        - alpha / 2 * mm
+        - log_det_a / 2
+    )
     return evidence, mm, res, gamma

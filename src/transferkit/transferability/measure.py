@@ -16,9 +16,13 @@ from .bn_stats import BNCapture, BNSimilarity
 from .pooling import CutCapture
 
 
-def measure_per_cut(backbone: nn.Module | Callable[[], nn.Module], batches: Iterable,
-                    cuts: Sequence[str] | None = None, *, max_batches: int | None = None,
-                    ) -> tuple[dict[str, np.ndarray], BNSimilarity]:
+def measure_per_cut(
+    backbone: nn.Module | Callable[[], nn.Module],
+    batches: Iterable,
+    cuts: Sequence[str] | None = None,
+    *,
+    max_batches: int | None = None,
+) -> tuple[dict[str, np.ndarray], BNSimilarity]:
     """What :func:`pooled_features_per_cut` and :func:`bn_similarity` return, in one pass.
 
     The pass runs the whole backbone (no early stop), so every BN layer is measured.

@@ -33,8 +33,9 @@ def cut_modules(model: nn.Module, cuts: Sequence[str]) -> dict[str, str]:
             out[cut] = cut
         else:
             options = ", ".join(blocks) if blocks else "any module name"
-            raise InputError(f"unknown cut {cut!r}{did_you_mean(cut, [*blocks, *names])}"
-                             f" (cut points: {options})")
+            raise InputError(
+                f"unknown cut {cut!r}{did_you_mean(cut, [*blocks, *names])} (cut points: {options})"
+            )
     return out
 
 
@@ -79,13 +80,16 @@ class CutCapture:
                     self._seen.add(cut)
             if self.stop_early and len(self._seen) == len(self.targets):
                 raise _AllCaptured
+
         return hook
 
     def __enter__(self) -> CutCapture:
         modules = dict(root_module(self.model).named_modules())
         # Prepended, so they run before a Backbone's own cut hook ends the pass.
-        self._handles = [modules[name].register_forward_hook(self._hook(name), prepend=True)
-                         for name in set(self.targets.values())]
+        self._handles = [
+            modules[name].register_forward_hook(self._hook(name), prepend=True)
+            for name in set(self.targets.values())
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -102,14 +106,20 @@ class CutCapture:
         missing = [cut for cut, feats in self.pooled.items() if len(feats) != batches_run]
         if missing:
             name = getattr(self.model, "name", "the model")
-            raise InputError(f"cut {missing[0]!r} did not run in {name} (is the backbone "
-                             "already cut below it? pass an uncut backbone)")
+            raise InputError(
+                f"cut {missing[0]!r} did not run in {name} (is the backbone "
+                "already cut below it? pass an uncut backbone)"
+            )
         return {cut: torch.cat(self.pooled[cut]).numpy() for cut in self.cuts}
 
 
-def pooled_features_per_cut(backbone: nn.Module | Callable[[], nn.Module], batches: Iterable,
-                            cuts: Sequence[str] | None = None, *,
-                            max_batches: int | None = None) -> dict[str, np.ndarray]:
+def pooled_features_per_cut(
+    backbone: nn.Module | Callable[[], nn.Module],
+    batches: Iterable,
+    cuts: Sequence[str] | None = None,
+    *,
+    max_batches: int | None = None,
+) -> dict[str, np.ndarray]:
     """Globally average-pooled features at each cut, from one pass over the images.
 
     Forward hooks catch each cut's output, so the images run through the backbone

@@ -16,8 +16,9 @@ from ..errors import InputError
 from ._common import check_xy, one_blas_thread, stratified_folds
 
 
-def knn_accuracy(features: np.ndarray, labels: np.ndarray, *, k: int = 5, folds: int = 5,
-                 seed: int = 0) -> float:
+def knn_accuracy(
+    features: np.ndarray, labels: np.ndarray, *, k: int = 5, folds: int = 5, seed: int = 0
+) -> float:
     """Cross-validated accuracy of a cosine k-nearest-neighbour classifier.
 
     Cosine, because pretrained features carry class information in their direction
@@ -43,8 +44,9 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, *, k: int = 5, folds:
     return float(np.mean(predicted == codes))
 
 
-def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, *, folds: int = 5,
-                          seed: int = 0, C: float = 1.0) -> float:
+def linear_probe_accuracy(
+    features: np.ndarray, labels: np.ndarray, *, folds: int = 5, seed: int = 0, C: float = 1.0
+) -> float:
     """Cross-validated accuracy of logistic regression on standardised features.
 
     This is the feature-extraction strategy in miniature (frozen base, linear head),

@@ -60,7 +60,8 @@ def score_features(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -
         logme=timed("logme", lambda: logme(x, codes)),
         knn_accuracy=timed("knn_accuracy", lambda: knn_accuracy(x, codes, seed=seed)),
         linear_probe_accuracy=timed(
-            "linear_probe_accuracy", lambda: linear_probe_accuracy(x, codes, seed=seed)),
+            "linear_probe_accuracy", lambda: linear_probe_accuracy(x, codes, seed=seed)
+        ),
         chance=float(np.bincount(codes).max() / len(codes)),
         n_examples=len(codes),
         n_classes=n_classes,
@@ -69,8 +70,9 @@ def score_features(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -
     )
 
 
-def score_per_cut(per_cut: Mapping[str, np.ndarray], labels: np.ndarray, *,
-                  seed: int = 0) -> dict[str, TransferScores]:
+def score_per_cut(
+    per_cut: Mapping[str, np.ndarray], labels: np.ndarray, *, seed: int = 0
+) -> dict[str, TransferScores]:
     """``score_features`` for each cut's features, keyed and ordered like ``per_cut``.
 
     Example:
