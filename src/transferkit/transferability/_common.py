@@ -1,5 +1,5 @@
 """What every score shares: input validation (one message per mistake), folds, and
-single-threaded BLAS."""
+single-threaded numerics."""
 
 from __future__ import annotations
 
@@ -55,14 +55,15 @@ def stratified_folds(codes: np.ndarray, folds: int, seed: int) -> StratifiedKFol
 
 
 @contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Run BLAS on one thread inside a score.
+def single_threaded() -> Iterator[None]:
+    """Run BLAS and OpenMP (scikit-learn's kNN) on one thread inside a score.
 
-    OpenBLAS threads spin while they wait, so on a machine whose cores are shared
-    (CI, a laptop running training) they slow these small products down instead of
-    speeding them up. Measured on 2 busy cores: the linear probe on 1,797 x 320
-    features 32 s with two threads vs 0.9 s with one; LogME on 1,797 x 1,280
-    3.5-17 s vs 1.2 s, and on 20,000 x 1,280 4.8 s vs 2.3 s.
+    Their worker threads spin while they wait, so on a machine whose cores are
+    shared (CI, a laptop running training) they slow these small computations down
+    instead of speeding them up. Measured on 2 busy cores: the linear probe on
+    1,797 x 320 features 32 s with two threads vs 0.9 s with one; LogME on
+    1,797 x 1,280 3.5-17 s vs 1.2 s, on 20,000 x 1,280 4.8 s vs 2.3 s; kNN on
+    1,797 x 40 0.23 s with OpenMP threads vs 0.10 s without.
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1):
         yield

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._common import check_xy, one_blas_thread
+from ._common import check_xy, single_threaded
 
 
 def logme(
@@ -44,7 +44,7 @@ def logme(
     x, codes, n_classes = check_xy(features, labels)
     n, d = x.shape
     targets = (codes[:, None] == np.arange(n_classes)).astype(np.float64)
-    with one_blas_thread():
+    with single_threaded():
         s, z = spectrum(x, targets)
     # The part of each target outside F's column space: a residual no w can remove.
     outside = np.maximum((targets**2).sum(0) - (z**2).sum(0), 0.0)

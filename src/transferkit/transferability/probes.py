@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import InputError
-from ._common import check_xy, one_blas_thread, stratified_folds
+from ._common import check_xy, single_threaded, stratified_folds
 
 
 def knn_accuracy(
@@ -39,7 +39,7 @@ def knn_accuracy(
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     smallest_train = len(codes) - max(len(test) for _, test in splitter.split(x, codes))
     clf = KNeighborsClassifier(n_neighbors=min(k, smallest_train), algorithm="brute")
-    with one_blas_thread():
+    with single_threaded():
         predicted = cross_val_predict(clf, x, codes, cv=splitter)
     return float(np.mean(predicted == codes))
 
@@ -59,7 +59,7 @@ def linear_probe_accuracy(
         raise InputError(f"C must be positive, got {C}")
     splitter = stratified_folds(codes, folds, seed)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=300))
-    with warnings.catch_warnings(), one_blas_thread():
+    with warnings.catch_warnings(), single_threaded():
         warnings.simplefilter("ignore", ConvergenceWarning)
         predicted = cross_val_predict(clf, x, codes, cv=splitter)
     return float(np.mean(predicted == codes))
