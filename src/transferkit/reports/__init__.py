@@ -1,7 +1,8 @@
 """Reports: pure metric functions, PNG plots and the self-contained HTML report.
 
 Metrics (``metrics``) are pure: arrays in, dataclasses out. Renderers (``plots``,
-``html``) turn those and a run's records into PNG bytes and one HTML page.
+``html``, ``text``) turn those and a run's records into PNG bytes, one HTML page or
+terminal text; ``run_report`` builds a run's ``report.html`` from its files alone.
 """
 
 from .html import ReportContent, render_report, write_report
@@ -14,6 +15,7 @@ from .metrics import (
     overfitting_gap,
 )
 from .plots import plot_confusion, plot_curves, plot_mistakes, plot_per_class
+from .run_report import write_run_report
 
 __all__ = [
     "ClassMetrics",
@@ -29,4 +31,5 @@ __all__ = [
     "plot_per_class",
     "render_report",
     "write_report",
+    "write_run_report",
 ]

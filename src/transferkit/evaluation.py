@@ -1,0 +1,139 @@
+"""Evaluating a trained model on a labelled folder or CSV: predictions -> ``Metrics``.
+
+Which images count: when DATA has a test split (``test/`` beside ``train/``, or a CSV
+``split`` column), only the test images; otherwise every usable image. Files are judged
+by the same scanner as ``fit`` (unreadable ones are skipped with their reason), and a
+test image that is a byte-for-byte copy of a training image is dropped, as in ``fit``,
+so the numbers measure generalisation rather than memory.
+
+The model may be a run directory or an exported ONNX/TorchScript file: evaluation goes
+through :class:`~transferkit.predict.Predictor`, so an export can be checked on real
+data before it ships.
+
+Example:
+    >>> ev = evaluate_run("runs/cats", "data/")          # doctest: +SKIP
+    >>> ev.split, round(ev.metrics.accuracy, 3)          # doctest: +SKIP
+    ('test', 0.947)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data.scanning import ScanOptions, verify_files
+from .data.sources import resolve_source
+from .data.splits import remove_leaks
+from .errors import InputError
+from .predict import Predictor, load_predictor
+from .reports.metrics import Metrics, compute_metrics
+
+
+@dataclass
+class Evaluation:
+    """The metrics of a model on a dataset, and what was evaluated.
+
+    Attributes:
+        metrics: every metric (``reports.metrics.compute_metrics``).
+        split: ``"test"`` (DATA's test split) or ``"all"`` (every usable image).
+        data: the DATA argument.
+        model: what made the predictions (``"run runs/cats"``, ``"onnx cats.onnx"``).
+        skipped: files not evaluated, as ``{"path", "reason"}``.
+    """
+
+    metrics: Metrics
+    split: str
+    data: str
+    model: str
+    skipped: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The metrics' own fields first, then where they come from."""
+        return {
+            **self.metrics.to_dict(),
+            "split": self.split,
+            "data": self.data,
+            "model": self.model,
+            "skipped": list(self.skipped),
+        }
+
+
+def evaluate_run(
+    model: str | os.PathLike,
+    data,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    top_k: Iterable[int] = (1, 3, 5),
+    backbone=None,
+) -> Evaluation:
+    """Evaluate a run directory (or exported model file) on DATA.
+
+    Args:
+        model: a run directory, or an ``.onnx``/TorchScript file with its sidecar.
+        data: a folder of class folders (or ``train/`` [``val/``] ``test/``), or a CSV.
+        device: where a torch model runs (``cpu``, ``cuda``, ``auto``).
+        batch_size: images per forward pass.
+        top_k: which top-k accuracies to report (k below the class count).
+        backbone: the backbone module, for a run trained on a Python module.
+
+    Raises:
+        InputError: the model fails to load (e.g. altered weights), DATA is unusable,
+            or DATA holds a class the model does not know.
+    """
+    predictor = load_predictor(model, device=device, batch_size=batch_size, backbone=backbone)
+    return evaluate_predictor(predictor, data, top_k=top_k)
+
+
+def evaluate_predictor(
+    predictor: Predictor, data, *, top_k: Iterable[int] = (1, 3, 5)
+) -> Evaluation:
+    """Evaluate an already loaded predictor on DATA (see :func:`evaluate_run`)."""
+    paths, labels, split, skipped = evaluation_examples(data, predictor.classes)
+    done, probs, failures = predictor.predict_proba_files(paths)
+    skipped += [f.to_dict() for f in failures]
+    if not done:
+        raise InputError(f"none of the {len(paths)} images in {os.fspath(data)!r} could be read")
+    label_of = dict(zip(paths, labels, strict=True))
+    y = np.array([label_of[p] for p in done], dtype=np.int64)
+    metrics = compute_metrics(probs, y, predictor.classes, top_k=top_k)
+    return Evaluation(metrics, split, _name(data), predictor.source, skipped)
+
+
+def evaluation_examples(data, classes: list[str]) -> tuple[list[str], list[int], str, list[dict]]:
+    """The images to evaluate, their labels as indices into ``classes``, and the rest.
+
+    Returns:
+        ``(paths, labels, split, skipped)`` where ``split`` is ``"test"`` or ``"all"``
+        and ``skipped`` lists every file not used, with the reason.
+
+    Raises:
+        InputError: DATA cannot be read, holds no usable image, or has a class the
+            model was not trained on (the message names it and the known classes).
+    """
+    src = resolve_source(data)
+    if src.errors:
+        raise InputError(src.errors[0])
+    scan = verify_files(src.candidates, root=src.root, options=ScanOptions())
+    files, leaks = remove_leaks(scan.files)
+    skipped = [s.to_dict() for s in (*src.skipped, *scan.skipped, *leaks)]
+    split = "test" if any(f.candidate.split == "test" for f in files) else "all"
+    chosen = [f for f in files if split == "all" or f.candidate.split == "test"]
+    if not chosen:
+        raise InputError(f"no usable images to evaluate in {_name(data)!r}")
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({f.candidate.label for f in chosen} - set(index))
+    if unknown:
+        raise InputError(
+            f"DATA has class {unknown[0]!r}, which the model was not trained on; "
+            f"its classes are: {', '.join(classes)}"
+        )
+    paths = [f.candidate.path for f in chosen]
+    return paths, [index[f.candidate.label] for f in chosen], split, skipped
+
+
+def _name(data) -> str:
+    return os.fspath(data) if isinstance(data, str | os.PathLike) else type(data).__name__

@@ -1,0 +1,194 @@
+"""``report.html`` of a run, built only from the files in the run directory.
+
+Why only from files: the report must be rebuildable at any time (``transferkit report
+RUN``, after an upgrade, on another machine) without the model, the GPU or the training
+process. Everything it shows is already recorded: ``config.json`` (configuration),
+``metrics.json`` (phases, timings, the strategy decision), ``history.csv`` (curves of
+both phases; the unfreeze point is the first fine-tune epoch), ``data_report.json`` and
+``predictions.csv`` (per-example probabilities, from which the evaluation metrics, the
+confusion matrix and the most confident mistakes are computed; the test split when the
+run had one, else validation). Mistake thumbnails are opened from the recorded image
+paths when those files still exist, and shown as "unavailable" otherwise.
+
+Example:
+    >>> write_run_report("runs/cats")  # doctest: +SKIP
+    PosixPath('runs/cats/report.html')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..data import open_image
+from ..errors import InputError
+from ..runs import CONFIG, DATA_REPORT, HISTORY, METRICS, PREDICTIONS, read_history
+from ..runs import read_predictions as _read_prediction_rows
+from .history import FINE_TUNE_PHASE, phase_of
+from .html import write_report
+from .metrics import Metrics, compute_metrics, most_confident_mistakes
+
+REPORT = "report.html"
+PLOTS = "plots"
+MAX_MISTAKES = 16
+
+
+def write_run_report(
+    run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MISTAKES, plots: bool = True
+) -> Path:
+    """Write (or rebuild) ``RUN/report.html``; return its path.
+
+    Args:
+        run_dir: a run directory written by ``fit``.
+        max_mistakes: how many of the most confident mistakes to show.
+        plots: also write each plot as a PNG into ``RUN/plots/``.
+
+    Raises:
+        InputError: ``run_dir`` is not a run, or one of its files cannot be read.
+    """
+    run = Path(run_dir)
+    content = run_report_content(run, max_mistakes=max_mistakes)
+    return write_report(run / REPORT, png_dir=run / PLOTS if plots else None, **content)
+
+
+def run_report_content(run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MISTAKES) -> dict:
+    """The keyword arguments of ``render_report`` for a run directory."""
+    run = Path(run_dir)
+    config = _read_json(run / CONFIG, required=True)
+    metrics_json = _read_json(run / METRICS) or {}
+    history = read_history(run) if (run / HISTORY).is_file() else []
+    classes = [str(c) for c in config.get("classes", [])]
+    split, rows = _evaluation_rows(run)
+    metrics, mistakes = _metrics_and_mistakes(rows, classes, max_mistakes) if rows else (None, None)
+    return {
+        "title": _title(run, metrics_json, split, metrics),
+        "metrics": metrics,
+        "history": history,
+        "data_report": _read_json(run / DATA_REPORT),
+        "decision": _decision(metrics_json, config),
+        "timings": _timings(metrics_json),
+        "config": config,
+        "mistakes": mistakes,
+        "unfreeze_epoch": unfreeze_epoch(history),
+    }
+
+
+def unfreeze_epoch(history: list[dict]) -> int | None:
+    """The first epoch of the fine-tuning phase (when the base was unfrozen), or None."""
+    for row in history:
+        if phase_of(row) == FINE_TUNE_PHASE and row.get("epoch") is not None:
+            return int(row["epoch"])
+    return None
+
+
+def _evaluation_rows(run: Path) -> tuple[str | None, list[dict]]:
+    """The prediction rows to evaluate: the test split if the run had one, else val."""
+    try:
+        rows = _read_prediction_rows(run)
+    except (ValueError, KeyError) as exc:
+        raise InputError(f"{str(run / PREDICTIONS)!r} cannot be read: {exc}") from None
+    for split in ("test", "val"):
+        chosen = [r for r in rows if r.get("split") == split]
+        if chosen:
+            return split, chosen
+    return None, []
+
+
+def _metrics_and_mistakes(
+    rows: list[dict], classes: list[str], k: int
+) -> tuple[Metrics, list[dict]]:
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [r for r in rows if r.get("label") in index]
+    if not rows:
+        return None, None
+    probs = np.array([r["probs"] for r in rows], dtype=float)
+    labels = np.array([index[r["label"]] for r in rows], dtype=np.int64)
+    try:
+        metrics = compute_metrics(probs, labels, classes)
+    except InputError as exc:
+        raise InputError(f"{PREDICTIONS} of this run is not usable: {exc}") from None
+    mistakes = []
+    for i in most_confident_mistakes(probs, labels, k=k):
+        row = rows[i]
+        pred = int(probs[i].argmax())
+        mistakes.append(
+            {
+                "image": _image_or_none(row.get("path")),
+                "true": row["label"],
+                "pred": classes[pred],
+                "confidence": float(probs[i, pred]),
+                "path": row.get("path"),
+            }
+        )
+    return metrics, mistakes
+
+
+def _image_or_none(path: str | None):
+    """The image at ``path``, or None when it has moved or cannot be read.
+
+    Why not fail: a report rebuilt on another machine, or after the data was tidied,
+    should still show everything else; the grid says "image unavailable".
+    """
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        return open_image(path, channels=3)
+    except InputError:
+        return None
+
+
+def _decision(metrics_json: dict, config: dict) -> dict | None:
+    """The recorded strategy decision; for a strategy set by hand, say so."""
+    decision = metrics_json.get("decision")
+    if isinstance(decision, dict):
+        return decision
+    strategy = metrics_json.get("strategy") or config.get("fit", {}).get("strategy")
+    if strategy is None:
+        return None
+    return {
+        "strategy": strategy,
+        "reason": f"set in the fit configuration (strategy={strategy}); no measurement "
+        "of the data was needed to choose it",
+    }
+
+
+def _timings(metrics_json: dict) -> dict | None:
+    timings: dict = {}
+    for phase in metrics_json.get("phases") or []:
+        epochs, stopped = phase.get("epochs_run"), phase.get("stopped")
+        label = f"{phase.get('name', 'phase')} phase"
+        if epochs is not None:
+            label += f" ({epochs} epoch{'s' if epochs != 1 else ''}"
+            label += f", stopped: {stopped})" if stopped else ")"
+        timings[label] = phase.get("seconds")
+    if metrics_json.get("seconds_total") is not None:
+        timings["total fit time"] = metrics_json["seconds_total"]
+    return timings or None
+
+
+def _title(run: Path, metrics_json: dict, split: str | None, metrics: Metrics | None) -> str:
+    name = run.resolve().name
+    parts = [metrics_json.get(k) for k in ("backbone", "strategy") if metrics_json.get(k)]
+    title = f"transferkit report: {name}" + (f" — {', '.join(map(str, parts))}" if parts else "")
+    if split and metrics is not None:
+        title += f" (evaluated on the {split} split, {metrics.n} images)"
+    return title
+
+
+def _read_json(path: Path, required: bool = False) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise InputError(
+                f"{str(path.parent)!r} is not a transferkit run directory (no {path.name})"
+            )
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{str(path)!r} cannot be read: {exc}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{str(path)!r} does not hold a JSON object")
+    return value
