@@ -222,9 +222,131 @@ def _console_logging() -> None:
         logger.propagate = False
 
 
+# ----------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a trained model on labelled images")
+    p.add_argument("run", help="run directory, or an exported .onnx/TorchScript file")
+    p.add_argument("data", help="class folders (the test/ split if there is one), or a CSV")
+    p.add_argument("--json", action="store_true", help="machine-readable metrics")
+    _add_inference_flags(p)
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _add_inference_flags(p) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument(
+        "--device", choices=DEVICES, default="cpu", help="where a torch model runs (default cpu)"
+    )
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_run
+    from .reports.text import format_evaluation
+
+    ev = evaluate_run(args.run, args.data, device=args.device, batch_size=args.batch_size)
+    if args.json:
+        _print_json(ev.to_dict())
+    else:
+        print(format_evaluation(ev))
+    return 0
+
+
+# ------------------------------------------------------------------------ predict
+
+
+# Spelled out, not imported: the modules that own them pull in matplotlib and onnx
+# machinery, which every CLI call would then pay for (a test keeps them in sync).
+PREDICT_FORMATS = ("table", "json", "csv")
+EXPORT_FORMATS, EXPORT_OPSET = ("onnx", "torchscript"), 17
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files, folders and globs")
+    p.add_argument("run", help="run directory, or an exported .onnx/TorchScript file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob")
+    p.add_argument("--top-k", type=int, default=1, help="classes listed per image (default 1)")
+    p.add_argument("--format", choices=PREDICT_FORMATS, default="table", help="output format")
+    _add_inference_flags(p)
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .predict import load_predictor
+    from .reports.text import format_failures, format_predictions
+
+    predictor = load_predictor(args.run, device=args.device, batch_size=args.batch_size)
+    result = predictor.predict(args.inputs, top_k=args.top_k)
+    if result.predictions or args.format == "json":
+        print(format_predictions(result, args.format))
+    if result.failures and args.format != "json":
+        print(format_failures(result.failures), file=sys.stderr)
+    if not result.predictions:
+        raise InputError(f"nothing could be predicted ({len(result.failures)} input(s) failed)")
+    if result.failures:
+        print(
+            f"transferkit: {len(result.predictions)} predicted, "
+            f"{len(result.failures)} could not be (listed above)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# ------------------------------------------------------------------------- export
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run to ONNX or TorchScript (+ sidecar JSON)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--out", required=True, help="file to write; FILE.json goes beside it")
+    p.add_argument("--opset", type=int, default=EXPORT_OPSET, help="ONNX opset version")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    r = export_run(args.run, args.out, format=args.format, opset=args.opset)
+    batches = " and ".join(map(str, r.batch_sizes))
+    print(f"exported {r.format} to {r.path} (classes and preprocessing in {r.sidecar})")
+    print(
+        f"verified with {r.checked_with} on batches of {batches}: "
+        f"max |logit difference| vs torch = {r.max_abs_diff:.3g} (bound {r.bound:.3g})"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------- report
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="rebuild RUN/report.html from the run's files")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .reports.run_report import write_run_report
+
+    print(write_run_report(args.run))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
-_COMMANDS = [_add_inspect, _add_data, _add_datasets, _add_fit]
+_COMMANDS = [
+    _add_inspect,
+    _add_data,
+    _add_datasets,
+    _add_fit,
+    _add_evaluate,
+    _add_predict,
+    _add_export,
+    _add_report,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
