@@ -8,6 +8,11 @@ The transfer-learning workflow lives or dies on what is trainable (DESIGN R1-R4)
   train mode, because updating running statistics on a small dataset wrecks them.
 - ``create_optimizer`` returns an optimizer whose parameter groups follow the
   trainable set before every step, so "forgot to recompile" cannot happen (R4).
+
+A module that keeps trainability its own way (a Keras model on the torch backend)
+implements ``transferkit_set_trainable(bool)``, ``transferkit_set_bn_policy(policy)
+-> int`` and ``transferkit_layer_counts() -> list[LayerCount]``; the functions here
+delegate to them for that module and treat everything around it as plain torch.
 """
 
 from __future__ import annotations
@@ -43,8 +48,21 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 def _set_trainable(module: nn.Module, trainable: bool) -> None:
+    # A module that keeps its own trainable flags (a Keras model: see
+    # backbones/keras_backbone.py) sets them itself; the rest is plain torch.
+    own = getattr(module, "transferkit_set_trainable", None)
+    if own is not None:
+        own(trainable)
+        return
+    delegated: set[int] = set()
+    for sub in module.modules():
+        hook = getattr(sub, "transferkit_set_trainable", None)
+        if hook is not None:
+            hook(trainable)
+            delegated.update(id(p) for p in sub.parameters())
     for p in module.parameters():
-        p.requires_grad_(trainable)
+        if id(p) not in delegated:
+            p.requires_grad_(trainable)
     _install_bn_hooks(module)
     for sub in module.modules():
         if isinstance(sub, _BN_TYPES):
@@ -160,6 +178,14 @@ def summary(module: nn.Module) -> Summary:
     total = Summary()
     seen: set[int] = set()
     for name, sub in module.named_modules():
+        own_counts = getattr(sub, "transferkit_layer_counts", None)
+        if own_counts is not None:  # e.g. a Keras model: Keras's own per-layer counts
+            seen.update(id(p) for p in sub.parameters())
+            for row in own_counts():
+                row.name = f"{name}.{row.name}" if name else row.name
+                if row.weights:
+                    total.layers.append(row)
+            continue
         row = LayerCount(name=name or "(root)", type=type(sub).__name__)
         for p in sub.parameters(recurse=False):
             if id(p) not in seen:  # shared weights count once, like Keras
@@ -216,7 +242,10 @@ def set_bn_policy(module: nn.Module, bn: BNPolicy = "frozen") -> int:
     _install_bn_hooks(module)
     count = 0
     for sub in module.modules():
-        if isinstance(sub, _BN_TYPES):
+        own = getattr(sub, "transferkit_set_bn_policy", None)
+        if own is not None:  # e.g. a Keras model, which decides its BN mode per call
+            count += own(bn)
+        elif isinstance(sub, _BN_TYPES):
             setattr(sub, _POLICY_ATTR, bn)
             if bn == "frozen":
                 sub.eval()

@@ -86,6 +86,9 @@ def layer_report(backbone) -> dict:
     weight counts, totals, blocks and cut points, for the backbone's default input."""
     from ..freezing import summary
 
+    own = getattr(backbone, "layer_report", None)
+    if own is not None:  # a backbone whose layers are not torch modules (Keras)
+        return own()
     x = torch.zeros(1, *backbone.input_size)
     trace = trace_modules(backbone.model, backbone.forward_features, x)
     counts = {row.name: row for row in summary(backbone.model).layers}
