@@ -196,6 +196,10 @@ def _rebuild_backbone(record: dict, module: nn.Module | None) -> Backbone:
     from .backbones.checkpoint import create_module_backbone
     from .backbones.timm_loader import create_timm_backbone, is_timm_name
 
+    if record.get("keras"):  # a Keras backbone: rebuilt by its loader
+        from .backbones.keras_loader import rebuild_keras_backbone
+
+        return rebuild_keras_backbone(record, module)
     cut = record.get("cut")
     if module is not None:
         return create_module_backbone(

@@ -1,8 +1,9 @@
 """One entry point for every kind of backbone: ``create_backbone(spec)``.
 
 A spec is a built-in name, a timm name (optionally ``timm:NAME``), a path to a local
-checkpoint, or a ``torch.nn.Module``. Unknown names get a one-line error with the
-closest matches.
+checkpoint, or a ``torch.nn.Module``; with the ``keras`` extra also ``keras:NAME``
+(``keras.applications``), a saved ``.keras``/``.h5`` model, or a Keras model object.
+Unknown names get a one-line error with the closest matches.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..errors import InputError, did_you_mean
 from .base import Backbone
 from .builtin import BUILTIN, DEFAULT_BACKBONE, create_builtin_backbone
 from .checkpoint import create_checkpoint_backbone, create_module_backbone, looks_like_checkpoint
+from .keras_loader import create_keras_backbone, is_keras_model, is_keras_spec
 from .timm_loader import create_timm_backbone, is_timm_name
 
 NO_WEIGHTS = ("none", "random", "scratch")
@@ -40,7 +42,9 @@ def create_backbone(
 
     Args:
         spec: built-in name (``efficientnet_lite0``), timm name (``resnet18`` or
-            ``timm:resnet18``), checkpoint path, or a torch module.
+            ``timm:resnet18``), checkpoint path, or a torch module; Keras:
+            ``keras:InceptionV3[,size=150]``, ``model.keras``/``model.h5`` or a Keras
+            model (see :mod:`transferkit.backbones.keras_loader`).
         weights: a local weights file for a named architecture, or ``"none"`` for
             random initialisation. Without it, built-ins use their packaged weights and
             timm names download from the hub (a clear error offline).
@@ -52,12 +56,16 @@ def create_backbone(
         >>> bb.num_features  # doctest: +SKIP
         112
     """
+    if isinstance(weights, str) and weights.lower() in NO_WEIGHTS:
+        weights, pretrained = None, False
+    if is_keras_model(spec):
+        return create_keras_backbone(spec, weights=weights, cut=cut)
     if isinstance(spec, nn.Module):
         return create_module_backbone(spec, cut=cut)
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"backbone spec must be a name, a path or a torch module, got {spec!r}")
-    if isinstance(weights, str) and weights.lower() in NO_WEIGHTS:
-        weights, pretrained = None, False
+    if is_keras_spec(spec):
+        return create_keras_backbone(spec, weights=weights, pretrained=pretrained, cut=cut)
     if spec in BUILTIN:
         if weights is not None:
             return create_timm_backbone(BUILTIN[spec][0], weights=weights, cut=cut, spec=spec)

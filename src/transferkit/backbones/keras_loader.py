@@ -1,0 +1,478 @@
+"""Keras 3 models as backbones (optional extra ``transferkit[keras]``).
+
+The workflow transferkit implements was taught with Keras: ``keras.applications``
+models with ``include_top=False``, a trained ``model.hdf5`` loaded with ``load_model``
+and cut at ``get_layer('mixed7')``. Keras 3 runs on a PyTorch backend, where a Keras
+model is a ``torch.nn.Module`` whose weights are torch Parameters, so such a model can
+be trained by transferkit's engine directly. This module turns specs into Keras
+models; :mod:`.keras_backbone` wraps a model as a :class:`~.base.Backbone`.
+
+Specs (options after commas, e.g. ``keras:InceptionV3,size=150``):
+
+- ``keras:NAME``: ``keras.applications.NAME(include_top=False)``; weights from
+  ``--weights PATH`` (a Keras weights file), ``--weights none``, or ``imagenet``
+  (Keras's cache, else a download).
+- ``PATH.keras`` / ``PATH.h5`` / ``PATH.hdf5``: a saved Keras model (``load_model``).
+- options: ``size=N`` or ``size=HxW`` (input size), ``preprocess=MODE`` (one of
+  :data:`PREPROCESS_MODES`).
+
+Preprocessing (R7) is expressed as the backbone's ``data_config`` mean/std on the
+[0, 1] scale transferkit's transforms produce, so it is exact and recorded like any
+other backbone's; only ``caffe``'s RGB->BGR channel flip happens inside the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError, MissingDependencyError, TransferkitError, WeightsUnavailableError
+from ..errors import did_you_mean as _did_you_mean
+
+log = logging.getLogger(__name__)
+
+KERAS_PREFIX = "keras:"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+INSTALL_HINT = "pip install 'transferkit[keras]'"
+
+#: mode -> (mean, std) on the [0, 1] scale, and whether channels go RGB -> BGR.
+#: (x - mean) / std with x = pixel / 255 gives exactly what Keras's preprocess_input does.
+PREPROCESS_MODES: dict[str, tuple[tuple[float, ...], tuple[float, ...], bool]] = {
+    # x / 127.5 - 1: Xception, Inception, MobileNet(V2), NASNet, ResNetV2
+    "tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), False),
+    # BGR, 0-255, minus the ImageNet mean: VGG, ResNet (v1). The mean is subtracted in
+    # RGB order here and the channels flipped after: the same numbers as Keras's order.
+    "caffe": ((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255,) * 3, True),
+    # [0, 1] then ImageNet mean/std: DenseNet
+    "torch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
+    # 0-255 as is: models that normalise inside (EfficientNet, ConvNeXt, MobileNetV3,
+    # or a model of yours that starts with a Rescaling/Normalization layer)
+    "raw": ((0.0,), (1 / 255,), False),
+    # [0, 1]: ImageDataGenerator(rescale=1./255), the classic tutorials' input
+    "rescale": ((0.0,), (1.0,), False),
+}
+
+_EFFICIENTNET_SIZES = {"B0": 224, "B1": 240, "B2": 260, "B3": 300, "B4": 380, "B5": 456}
+#: keras.applications name -> (preprocessing mode, default input size)
+APPLICATIONS: dict[str, tuple[str, int]] = {
+    "Xception": ("tf", 299),
+    "InceptionV3": ("tf", 299),
+    "InceptionResNetV2": ("tf", 299),
+    "MobileNet": ("tf", 224),
+    "MobileNetV2": ("tf", 224),
+    "MobileNetV3Small": ("raw", 224),
+    "MobileNetV3Large": ("raw", 224),
+    "NASNetMobile": ("tf", 224),
+    "NASNetLarge": ("tf", 331),
+    "ResNet50": ("caffe", 224),
+    "ResNet101": ("caffe", 224),
+    "ResNet152": ("caffe", 224),
+    "ResNet50V2": ("tf", 224),
+    "ResNet101V2": ("tf", 224),
+    "ResNet152V2": ("tf", 224),
+    "VGG16": ("caffe", 224),
+    "VGG19": ("caffe", 224),
+    "DenseNet121": ("torch", 224),
+    "DenseNet169": ("torch", 224),
+    "DenseNet201": ("torch", 224),
+    **{f"EfficientNet{k}": ("raw", v) for k, v in _EFFICIENTNET_SIZES.items()},
+    "EfficientNetB6": ("raw", 528),
+    "EfficientNetB7": ("raw", 600),
+    **{f"EfficientNetV2{k}": ("raw", v) for k, v in list(_EFFICIENTNET_SIZES.items())[:4]},
+    "EfficientNetV2S": ("raw", 384),
+    "EfficientNetV2M": ("raw", 480),
+    "EfficientNetV2L": ("raw", 480),
+    **{f"ConvNeXt{k}": ("raw", 224) for k in ("Tiny", "Small", "Base", "Large", "XLarge")},
+}
+
+
+# ------------------------------------------------------------------------- import
+
+
+def import_keras(what: str = "a Keras backbone"):
+    """Import Keras 3 on the torch backend, or say exactly what to do.
+
+    The backend is chosen when Keras is first imported (``KERAS_BACKEND``), so it is
+    set here before the import; a Keras already imported with another backend cannot
+    be switched and is refused with instructions.
+    """
+    keras = sys.modules.get("keras")
+    if keras is None:
+        if importlib.util.find_spec("keras") is None:
+            raise MissingDependencyError(
+                f"{what} needs Keras 3 (torch backend), which is not installed: {INSTALL_HINT}"
+            )
+        if os.environ.get("KERAS_BACKEND", "torch") != "torch":
+            log.info("KERAS_BACKEND=%s replaced by torch", os.environ["KERAS_BACKEND"])
+        os.environ["KERAS_BACKEND"] = "torch"
+        try:
+            import keras
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"{what} needs Keras 3, which failed to import ({exc}): {INSTALL_HINT}"
+            ) from None
+    version = str(getattr(keras, "__version__", "0"))
+    if int(version.split(".")[0] or 0) < 3:
+        raise MissingDependencyError(f"{what} needs Keras 3, found Keras {version}: {INSTALL_HINT}")
+    backend = keras.backend.backend()
+    if backend != "torch":
+        raise TransferkitError(
+            f"Keras was already imported with the {backend!r} backend; {what} needs the "
+            "torch backend. Set KERAS_BACKEND=torch before Keras is first imported (in the "
+            "shell, or os.environ at the very top of your script), or import "
+            "transferkit's Keras support before Keras"
+        )
+    return keras
+
+
+def is_keras_spec(spec: str) -> bool:
+    """Whether a string spec is for this loader (no Keras import needed)."""
+    if spec.startswith(KERAS_PREFIX):
+        return True
+    path, _ = _split_options(spec)
+    return Path(path).suffix.lower() in KERAS_SUFFIXES
+
+
+def is_keras_model(obj) -> bool:
+    """A Keras model object or a Keras backbone (checked without importing Keras)."""
+    if type(obj).__name__ == "KerasBackbone":
+        return True
+    return type(obj).__module__.startswith("keras.") and hasattr(obj, "get_layer")
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass
+class KerasSpec:
+    """A parsed spec: ``target`` is an application name or a file path."""
+
+    text: str
+    target: str
+    kind: str  # "application" or "file"
+    size: tuple[int, int] | None = None
+    preprocess: str | None = None
+
+
+def _split_options(spec: str) -> tuple[str, dict[str, str]]:
+    if Path(spec.removeprefix(KERAS_PREFIX)).is_file() or "," not in spec:
+        return spec, {}
+    head, *opts = spec.split(",")
+    options = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or key.strip() not in ("size", "preprocess"):
+            raise InputError(
+                f"bad option {opt!r} in backbone spec {spec!r}: options are size=N or "
+                f"size=HxW, and preprocess={'|'.join(PREPROCESS_MODES)}"
+            )
+        options[key.strip()] = value.strip()
+    return head, options
+
+
+def parse_keras_spec(spec: str) -> KerasSpec:
+    """``keras:NAME[,size=N][,preprocess=MODE]`` or ``PATH[,...]`` (see module doc)."""
+    head, options = _split_options(spec)
+    target = head.removeprefix(KERAS_PREFIX)
+    is_file = Path(target).suffix.lower() in KERAS_SUFFIXES or Path(target).is_file()
+    parsed = KerasSpec(spec, target, "file" if is_file else "application")
+    if "size" in options:
+        parsed.size = _parse_size(options["size"], spec)
+    if "preprocess" in options:
+        parsed.preprocess = check_preprocess(options["preprocess"])
+    return parsed
+
+
+def _parse_size(text: str, spec: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if not match or int(match.group(1)) < 8:
+        raise InputError(f"size={text!r} in {spec!r}: expected N or HxW pixels, at least 8")
+    h = int(match.group(1))
+    return h, int(match.group(2) or h)
+
+
+def check_preprocess(mode: str) -> str:
+    if mode not in PREPROCESS_MODES:
+        raise InputError(
+            f"unknown Keras preprocessing {mode!r}; options: {', '.join(PREPROCESS_MODES)}"
+        )
+    return mode
+
+
+def keras_data_config(mode: str, size: tuple[int, int], channels: int) -> dict:
+    """The ``data_config`` (R7) for a preprocessing mode. Keras's own image loaders
+    resize the whole image to the input size (no crop, aspect not kept): ``squash``."""
+    mean, std, bgr = PREPROCESS_MODES[mode]
+    if bgr and channels != 3:
+        raise InputError(f"preprocessing {mode!r} flips RGB to BGR: needs 3 channels")
+    return {
+        "input_size": (channels, *size),
+        "interpolation": "bilinear",
+        "mean": mean * channels if len(mean) == 1 else mean,
+        "std": std * channels if len(std) == 1 else std,
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    }
+
+
+# -------------------------------------------------------------------------- models
+
+
+@contextlib.contextmanager
+def fresh_names(keras):
+    """Build with Keras's automatic-name counters at zero, then put them back.
+
+    ``keras.applications`` names most layers automatically (``conv2d_94``...) from a
+    process-wide counter, so a second InceptionV3 would get other names than the first:
+    other cut names and weight keys. Counting from zero makes every build the same.
+    """
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # a Keras without this internal: names just stay global
+        yield
+        return
+    saved = global_state.get_global_attribute("object_name_uids")
+    global_state.set_global_attribute("object_name_uids", None)
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", saved)
+
+
+def resolve_application(name: str, keras) -> str:
+    options = [n for n in dir(keras.applications) if n[:1].isupper()]
+    exact = {n.lower(): n for n in options}
+    if name.lower() in exact:
+        return exact[name.lower()]
+    raise InputError(
+        f"unknown Keras application {name!r}{_did_you_mean(name, options)}"
+        f" (keras.applications: {', '.join(options)})"
+    )
+
+
+def build_application(
+    spec: KerasSpec, *, weights: str | Path | None, pretrained: bool
+) -> tuple[object, str, str]:
+    """``keras.applications.NAME(include_top=False)``; returns (model, mode, origin)."""
+    keras = import_keras(f"backbone {spec.text!r}")
+    name = resolve_application(spec.target, keras)
+    mode, default = APPLICATIONS.get(name, (None, 224))
+    mode = spec.preprocess or mode
+    if mode is None:
+        raise InputError(
+            f"transferkit does not know the preprocessing of keras:{name}; name it: "
+            f"keras:{name},preprocess=MODE (MODE one of {', '.join(PREPROCESS_MODES)})"
+        )
+    h, w = spec.size or (default, default)
+    fn = getattr(keras.applications, name)
+    want_imagenet = weights is None and pretrained
+    try:
+        with fresh_names(keras), keras.device("cpu"):
+            model = fn(
+                include_top=False,
+                weights="imagenet" if want_imagenet else None,
+                input_shape=(h, w, 3),
+            )
+    except ValueError as exc:  # e.g. an input size the architecture cannot take
+        raise InputError(f"keras:{name} at {h}x{w}: {_first_line(exc)}") from None
+    except Exception as exc:
+        if not want_imagenet:
+            raise
+        raise WeightsUnavailableError(
+            f"ImageNet weights for keras:{name} are not in Keras's cache (~/.keras/models) "
+            f"and could not be downloaded ({_first_line(exc)}): pass a local Keras weights "
+            "file (--weights PATH, e.g. the *_notop.h5 file) or --weights none"
+        ) from None
+    origin = "imagenet" if want_imagenet else "random"
+    if weights is not None:
+        load_keras_weights(model, weights, f"keras:{name}")
+        origin = f"file:{weights}"
+    return model, mode, origin
+
+
+def load_keras_weights(model, path: str | Path, what: str) -> None:
+    """``model.load_weights(path)`` with a one-line error for a missing or unfit file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Keras weights file {str(path)!r} does not exist")
+    try:
+        model.load_weights(str(path))
+    except ImportError:
+        raise MissingDependencyError(f"reading {str(path)!r} needs h5py: {INSTALL_HINT}") from None
+    except Exception as exc:
+        raise InputError(
+            f"cannot load Keras weights {str(path)!r} into {what}: {_first_line(exc)}"
+        ) from None
+
+
+def load_keras_file(spec: KerasSpec, *, weights: str | Path | None, pretrained: bool):
+    """A saved Keras model (``.keras`` or legacy ``.h5``), as ``load_model`` gives it."""
+    keras = import_keras(f"backbone {spec.text!r}")
+    path = Path(spec.target)
+    if not path.is_file():
+        raise InputError(f"Keras model file {str(path)!r} does not exist")
+    if path.suffix.lower() in (".h5", ".hdf5") and not _h5_has_model(path):
+        raise InputError(
+            f"{str(path)!r} holds Keras weights only, not a model: name the architecture, "
+            f"e.g. --backbone keras:InceptionV3 --weights {path}"
+        )
+    try:
+        model = keras.models.load_model(str(path), compile=False, safe_mode=True)
+    except ImportError:
+        raise MissingDependencyError(f"reading {str(path)!r} needs h5py: {INSTALL_HINT}") from None
+    except Exception as exc:
+        raise InputError(f"cannot load Keras model {str(path)!r}: {_first_line(exc)}") from None
+    if not pretrained:  # same architecture, fresh initialisation
+        model = model_from_config(json.loads(model.to_json()))
+    if weights is not None:
+        load_keras_weights(model, weights, str(path))
+    return model
+
+
+def _h5_has_model(path: Path) -> bool:
+    try:
+        import h5py
+    except ImportError:
+        raise MissingDependencyError(f"reading {str(path)!r} needs h5py: {INSTALL_HINT}") from None
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError as exc:
+        raise InputError(f"{str(path)!r} is not a readable HDF5 file: {exc}") from None
+
+
+def model_from_config(config: dict):
+    """Rebuild a Keras model from ``json.loads(model.to_json())`` (random weights)."""
+    keras = import_keras("rebuilding a Keras backbone")
+    try:
+        with fresh_names(keras), keras.device("cpu"):
+            return keras.models.model_from_json(json.dumps(config))
+    except Exception as exc:
+        raise InputError(f"cannot rebuild the Keras model: {_first_line(exc)}") from None
+
+
+def infer_preprocess(model) -> str:
+    """A model that rescales or normalises its own input takes 0-255 pixels (``raw``);
+    otherwise assume ``rescale`` ([0, 1]), as ``ImageDataGenerator(rescale=1./255)``."""
+    for layer in _flat_layers(model):
+        kind = type(layer).__name__
+        if kind in ("Rescaling", "Normalization"):
+            return "raw"
+        if layer.weights or kind.startswith(("Conv", "Dense", "Depthwise", "Separable")):
+            break
+    return "rescale"
+
+
+def _flat_layers(model):
+    for layer in getattr(model, "layers", []):
+        if hasattr(layer, "layers"):
+            yield from _flat_layers(layer)
+        else:
+            yield layer
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------ creation
+
+
+def create_keras_backbone(
+    spec,
+    *,
+    weights: str | Path | None = None,
+    pretrained: bool = True,
+    cut: str | None = None,
+    preprocess: str | None = None,
+    size: tuple[int, int] | None = None,
+    name: str | None = None,
+):
+    """A :class:`~.keras_backbone.KerasBackbone` from a spec string or a Keras model.
+
+    Args:
+        spec: ``keras:NAME[,size=N][,preprocess=MODE]``, a ``.keras``/``.h5`` path
+            (same options), or a Keras model object (e.g. from ``load_model``).
+        weights: a Keras weights file to load (``model.load_weights``); for
+            ``keras:NAME`` without it, ImageNet weights.
+        pretrained: ``False`` gives random initialisation (``--weights none``).
+        cut: a Keras layer name (``mixed7``, ``flatten_1``); default: the output.
+        preprocess: overrides the spec's or the inferred preprocessing mode.
+        size: input (H, W) for models whose input size is not fixed.
+        name: a display name.
+
+    Example:
+        >>> bb = create_keras_backbone("keras:InceptionV3,size=150", pretrained=False,
+        ...                            cut="mixed7")  # doctest: +SKIP
+        >>> bb.keras_output_shape  # doctest: +SKIP
+        (7, 7, 768)
+    """
+    from .keras_backbone import KerasBackbone
+
+    if isinstance(spec, KerasBackbone):
+        if cut is None or cut == spec.cut:
+            return spec
+        # Re-cut below the current cut: its Keras sub-model holds every lower layer.
+        preprocess, size = preprocess or spec.preprocess, size or spec.input_size[1:]
+        name, spec = name or spec.name, spec.keras_model
+    if is_keras_model(spec):
+        keras = import_keras("a Keras model backbone")
+        model, kind, text, origin = spec, "model", "<keras model>", "in memory"
+        if weights is not None:
+            load_keras_weights(model, weights, "the Keras model")
+        mode = preprocess or infer_preprocess(model)
+        display = name or model.name
+        extra = {}
+    else:
+        parsed = parse_keras_spec(str(spec))
+        size = size or parsed.size
+        if parsed.kind == "application":
+            model, mode, origin = build_application(parsed, weights=weights, pretrained=pretrained)
+            mode = preprocess or mode
+            kind, text = "application", parsed.text
+            display = name or resolve_application(parsed.target, import_keras())
+            extra = {"application": display}
+        else:
+            model = load_keras_file(parsed, weights=weights, pretrained=pretrained)
+            mode = preprocess or parsed.preprocess or infer_preprocess(model)
+            kind, text, origin = "file", parsed.text, f"file {Path(parsed.target).name}"
+            display = name or Path(parsed.target).stem
+            extra = {"file": str(Path(parsed.target).resolve())}
+        keras = import_keras()
+    return KerasBackbone(
+        model,
+        keras=keras,
+        name=display,
+        spec=text,
+        preprocess=check_preprocess(mode),
+        size=size,
+        cut=cut,
+        kind=kind,
+        source=f"keras {kind} ({origin})",
+        extra=extra,
+    )
+
+
+def rebuild_keras_backbone(record: dict, module=None):
+    """The backbone a run recorded (``describe()``), with random weights: the run's
+    ``model.safetensors`` fills them. Files and in-memory models are rebuilt from the
+    architecture stored in the record, so the original file is not needed."""
+    info = record["keras"]
+    size = tuple(info["input_size"])
+    common = {"cut": record.get("cut"), "preprocess": info["preprocess"], "size": size}
+    if module is not None:
+        return create_keras_backbone(module, name=record.get("name"), **common)
+    if info["kind"] == "application":
+        return create_keras_backbone(record["spec"], pretrained=False, **common)
+    model = model_from_config(info["model_config"])
+    bb = create_keras_backbone(model, name=record.get("name"), **common)
+    bb.spec, bb.kind, bb.source = record["spec"], info["kind"], record.get("source", bb.source)
+    return bb
