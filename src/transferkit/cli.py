@@ -208,14 +208,16 @@ def _run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _console_logging() -> None:
+def _console_logging(quiet: bool = False) -> None:
+    """Log lines to stderr (progress, phases); ``quiet`` keeps only warnings, so
+    ``--json`` output stays clean to pipe."""
     import logging
 
     logger = logging.getLogger("transferkit")
     if not any(getattr(h, "_transferkit_console", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.setLevel(logging.INFO)
+        handler.setLevel(logging.WARNING if quiet else logging.INFO)
         handler._transferkit_console = True
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -335,6 +337,83 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------- recommend / rank
+
+
+def _add_recommend(sub) -> None:
+    p = sub.add_parser("recommend", help="measure the data against a backbone; advise a strategy")
+    p.add_argument("data", help="folder of class sub-folders (or train/ val/ test/), or a CSV")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--weights", help="local weights file, or 'none' for random init")
+    p.add_argument("--image-size", type=int, help="input size (default: suggested from the data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_run_recommend)
+
+
+def _run_recommend(args: argparse.Namespace) -> int:
+    from .strategies.auto import recommend
+
+    _console_logging(quiet=args.json)
+    decision = recommend(
+        args.data,
+        args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    if args.json:
+        _print_json(decision.to_dict())
+    else:
+        from . import console
+
+        console.print_decision(decision.to_dict())
+    return 0
+
+
+def _add_rank(sub) -> None:
+    p = sub.add_parser("rank", help="rank backbones for the data before training any")
+    p.add_argument("data", help="folder of class sub-folders (or train/ val/ test/), or a CSV")
+    p.add_argument("--backbones", required=True, help="comma-separated specs")
+    p.add_argument(
+        "--by",
+        default="linear_probe_accuracy",
+        choices=("linear_probe_accuracy", "logme", "knn_accuracy", "bn_similarity"),
+    )
+    p.add_argument("--image-size", type=int, help="input size (default: suggested from the data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_run_rank)
+
+
+def _run_rank(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .strategies.auto import rank_backbones
+
+    specs = [s.strip() for s in args.backbones.split(",") if s.strip()]
+    if not specs:
+        raise InputError("--backbones needs at least one backbone spec")
+    _console_logging(quiet=args.json)
+    ranking = rank_backbones(
+        args.data,
+        specs,
+        by=args.by,
+        image_size=args.image_size,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    if args.json:
+        _print_json(ranking.to_dict())
+    else:
+        from . import console
+
+        console.print_ranking(ranking.to_dict())
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 _COMMANDS = [
@@ -346,6 +425,8 @@ _COMMANDS = [
     _add_predict,
     _add_export,
     _add_report,
+    _add_recommend,
+    _add_rank,
 ]
 
 

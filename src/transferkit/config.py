@@ -25,7 +25,7 @@ class FitConfig:
     backbone: str = "efficientnet_lite0"
     weights: str | None = None
     cut: str | None = None
-    strategy: str = "feature-extract"
+    strategy: str = "auto"
     unfreeze: str = "all"  # "all" or "top:N" whole blocks
     bn: str = "frozen"
     head: HeadConfig = field(default_factory=HeadConfig)

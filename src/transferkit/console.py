@@ -47,3 +47,75 @@ def print_inspect(report: dict, depth: int = 1) -> None:
         f"Preprocessing: {_shape(dc['input_size'])} {dc['interpolation']}, mean {dc['mean']}, "
         f"std {dc['std']}, crop {dc['crop_pct']}"
     )
+
+
+def _fmt(v, digits=3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def print_decision(d: dict) -> None:
+    size = d["size"]
+    console.print(
+        f"Data: {size['n_train']} training images, {size['classes']} classes, "
+        f"{size['per_class_median']:.0f} per class (median, min {size['per_class_min']}); "
+        f"images about {size['image_side_median']} px"
+    )
+    sim = d["similarity"]
+    table = Table(title=f"Transferability per cut ({d['image_size']} px)")
+    for col in ("cut", "linear probe", "k-NN", "LogME", "BN similarity"):
+        table.add_column(col, justify="left" if col == "cut" else "right")
+    for cut, s in d["scores"].items():
+        mark = " *" if cut == d["best_cut"] else ""
+        table.add_row(
+            cut + mark,
+            _fmt(s["linear_probe_accuracy"]),
+            _fmt(s["knn_accuracy"]),
+            _fmt(s["logme"]),
+            _fmt(sim["bn_per_cut"].get(cut)),
+        )
+    console.print(table)
+    console.print(f"BN-statistics similarity overall: {_fmt(sim['bn_overall'])}")
+    unfreeze = f", unfreeze {d['unfreeze']}" if d["unfreeze"] else ""
+    console.print(
+        f"[bold]Advice: {d['strategy']} at cut {d['cut']}{unfreeze}, "
+        f"image size {d['image_size']}[/bold]"
+    )
+    console.print(f"Why: {d['reason']}")
+    console.print(f"(measured in {d['seconds']:.1f}s)")
+
+
+def print_ranking(r: dict) -> None:
+    table = Table(title=f"Backbones ranked by {r['ranked_by']}")
+    for col in (
+        "#",
+        "backbone",
+        "cut",
+        "features",
+        "px",
+        "linear probe",
+        "k-NN",
+        "LogME",
+        "BN sim.",
+        "test probe acc.",
+        "seconds",
+    ):
+        table.add_column(col, justify="left" if col in ("backbone", "cut") else "right")
+    for i, b in enumerate(r["backbones"], 1):
+        s = b["scores"]
+        table.add_row(
+            str(i),
+            b["backbone"],
+            b["cut"],
+            str(b["num_features"]),
+            str(b["image_size"]),
+            _fmt(s.get("linear_probe_accuracy")),
+            _fmt(s.get("knn_accuracy")),
+            _fmt(s.get("logme")),
+            _fmt(s.get("bn_similarity")),
+            _fmt(b["test_probe_accuracy"]),
+            f"{b['seconds']:.1f}",
+        )
+    console.print(table)
+    if r["kendall_tau"]:
+        taus = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in r["kendall_tau"].items())
+        console.print(f"Kendall tau vs measured linear-probe test accuracy: {taus}")

@@ -49,21 +49,24 @@ class TransferClassifier:
 
     Args:
         backbone: spec for ``create_backbone`` (name, path or torch module).
-        strategy: ``"feature-extract"``, ``"fine-tune"`` or ``"auto"``.
+        strategy: ``"auto"`` (default: measured, see strategies/auto.py),
+            ``"feature-extract"`` or ``"fine-tune"``.
         config: a full :class:`FitConfig`; keyword arguments override its fields.
     """
 
     def __init__(
         self,
         backbone: str | nn.Module = "efficientnet_lite0",
-        strategy: str = "feature-extract",
+        strategy: str | None = None,
         *,
         config: FitConfig | None = None,
         **params,
     ):
         base = dataclasses.replace(config) if config is not None else FitConfig()
         self.backbone_module = backbone if isinstance(backbone, nn.Module) else None
-        overrides = {"strategy": strategy, **params}
+        overrides = dict(params)
+        if strategy is not None:
+            overrides["strategy"] = strategy
         if self.backbone_module is None:
             overrides["backbone"] = backbone
         elif config is None:
@@ -119,10 +122,12 @@ class TransferClassifier:
             self.model_ = result.model.eval()
             self.classes_ = list(splits.classes)
             self.history_ = list(ctx.history)
-            self.config_ = cfg
+            self.config_ = ctx.config  # auto's decision included (image size, cut, ...)
             self.data_report_ = splits.report.to_dict()
             self.split_ = splits.split
-            self.metrics_ = self._final_metrics(ctx, result, time.perf_counter() - started)
+            self.metrics_ = self._final_metrics(
+                ctx, result, time.perf_counter() - started, requested=cfg.strategy
+            )
             if run is not None:
                 self.save(run)
                 ctx.checkpointer.clear()
@@ -143,10 +148,11 @@ class TransferClassifier:
         log.info("resuming the interrupted run in %s", run)
         return FitConfig.from_file(saved)
 
-    def _final_metrics(self, ctx: FitContext, result, seconds: float) -> dict:
+    def _final_metrics(self, ctx: FitContext, result, seconds: float, requested: str) -> dict:
         cfg = ctx.config
         metrics = {
             "strategy": cfg.strategy,
+            "requested_strategy": requested,
             "backbone": ctx.backbone.name,
             "cut": ctx.backbone.cut,
             "image_size": cfg.image_size or ctx.backbone.input_size[1],
@@ -165,6 +171,8 @@ class TransferClassifier:
                 metrics[f"{split}_accuracy"] = ev.accuracy
                 metrics[f"{split}_loss"] = ev.loss
                 self.predictions_ += prediction_rows(split, examples, ev.probabilities)
+        if result.decision is not None:
+            metrics["decision"] = result.decision.to_dict()
         metrics["seconds_total"] = seconds
         return metrics
 

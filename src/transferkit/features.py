@@ -174,14 +174,8 @@ class FeatureCache:
         loader_factory,
         description,
     ) -> Path:
-        folder = self.root / key
-        folder.mkdir(parents=True, exist_ok=True)
-        shard_id = uuid.uuid4().hex[:16]
-        tmp = folder / f".{shard_id}.npy.tmp"
         subset = torch.utils.data.Subset(dataset, indices)
-        out = None
-        row = 0
-        for feats in extract_iter(
+        batches = extract_iter(
             backbone,
             subset,
             representation=representation,
@@ -189,10 +183,46 @@ class FeatureCache:
             device=device,
             loader_factory=loader_factory,
             description=description,
-        ):
+        )
+        path = self._write_shard(key, digests, batches)
+        self.stats.extracted += len(indices)
+        return path
+
+    def put(
+        self,
+        backbone,
+        digests: Sequence[str],
+        features: np.ndarray,
+        *,
+        data_config: dict,
+        image_size: int | None,
+        representation: str = "avg",
+    ) -> int:
+        """Store features computed elsewhere (e.g. by the strategy advisor's pass, which
+        already ran the backbone) so extraction need not run it again. Returns how many
+        new images were stored."""
+        key = model_key(backbone, data_config, image_size, representation)
+        known = {d for shard in self._shards(key) for d in shard.digests}
+        rows: dict[str, int] = {}
+        for i, d in enumerate(digests):
+            if d not in known:
+                rows.setdefault(d, i)
+        if rows:
+            self._write_shard(key, list(rows), [features[list(rows.values())]])
+        return len(rows)
+
+    def _write_shard(self, key: str, digests: list[str], batches) -> Path:
+        """Stream batches into a memory-mapped .npy, then commit it with its JSON."""
+        folder = self.root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        shard_id = uuid.uuid4().hex[:16]
+        tmp = folder / f".{shard_id}.npy.tmp"
+        out = None
+        row = 0
+        for feats in batches:
             if out is None:
                 out = np.lib.format.open_memmap(
-                    tmp, mode="w+", dtype=np.float32, shape=(len(indices), *feats.shape[1:])
+                    tmp, mode="w+", dtype=np.float32, shape=(len(digests), *feats.shape[1:])
                 )
             out[row : row + len(feats)] = feats
             row += len(feats)
@@ -204,7 +234,6 @@ class FeatureCache:
         tmp_meta = folder / f".{shard_id}.json.tmp"
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, final.with_suffix(".json"))
-        self.stats.extracted += len(indices)
         return final
 
     def _assemble(self, key: str, digests: Sequence[str], where) -> np.ndarray:

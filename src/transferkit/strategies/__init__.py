@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import feature_extract, fine_tune
+from . import auto, feature_extract, fine_tune
 from .common import FitContext, StrategyResult
 
-RUNNERS = {"feature-extract": feature_extract.run, "fine-tune": fine_tune.run}
+RUNNERS = {"feature-extract": feature_extract.run, "fine-tune": fine_tune.run, "auto": auto.run}
 
 
 def run_strategy(name: str, ctx: FitContext) -> StrategyResult:

@@ -41,8 +41,10 @@ class FitContext:
 class StrategyResult:
     model: TransferModel
     phases: list[PhaseResult]
-    #: cached features of each split under the final head, when the base stayed frozen
+    #: the base stayed frozen: the final model's predictions can use cached features
     frozen_base: bool = True
+    #: ``auto``'s measured decision (strategies/auto.py), else None
+    decision: object = None
 
 
 def _transform(ctx: FitContext, train: bool):
