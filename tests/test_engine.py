@@ -95,3 +95,12 @@ def test_interrupt_leaves_checkpoint_and_resume_finishes(tmp_path):
     result = _run(fresh, x, y, resumed_history, cfg, checkpointer=ckpt)
     assert result.epochs_run == 6 and result.stopped == "max epochs"
     assert [r["phase_epoch"] for r in resumed_history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_accuracy_monitor_prefers_accuracy_then_loss():
+    s = EarlyStopping(patience=2, monitor="accuracy")
+    assert s.step(1.0, 1, 0.5)
+    assert not s.step(0.8, 2, 0.4)  # lower loss, worse accuracy: not better
+    assert s.step(1.3, 3, 0.6)  # higher accuracy wins despite higher loss
+    assert s.step(1.1, 4, 0.6)  # same accuracy, lower loss
+    assert s.best_epoch == 4 and s.best_accuracy == 0.6

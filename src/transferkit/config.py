@@ -41,7 +41,7 @@ class FitConfig:
     # phase 2: end-to-end fine-tuning, 10-100x lower learning rate (R2)
     fine_tune_epochs: int = 12
     fine_tune_lr: float = 1e-4
-    fine_tune_patience: int = 3
+    fine_tune_patience: int = 4
     layer_decay: float | None = None
     batch_size: int = 32
     augment: bool = True

@@ -40,6 +40,7 @@ class PhaseConfig:
     patience: int = 5
     min_delta: float = 1e-4
     min_rel_delta: float = 1e-3
+    monitor: str = "loss"
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
@@ -64,21 +65,36 @@ class PhaseResult:
 
 @dataclass
 class EarlyStopping:
-    """Stops when validation loss has not improved for ``patience`` epochs. An
-    improvement must beat the best by ``min_rel_delta`` (relative) plus ``min_delta``:
-    on easy data the loss creeps down forever, and a creep is convergence."""
+    """Stops when the validation score has not improved for ``patience`` epochs.
+
+    ``monitor="loss"``: an improvement must beat the best loss by ``min_rel_delta``
+    (relative) plus ``min_delta`` — on easy data the loss creeps down forever, and a
+    creep is convergence. ``monitor="accuracy"``: higher accuracy wins, equal accuracy
+    with lower loss too; fine-tuning uses it, because a few hundred validation images
+    make the loss of an increasingly confident model a poor judge of the best epoch.
+    """
 
     patience: int
     min_delta: float = 1e-4
     min_rel_delta: float = 0.0
+    monitor: str = "loss"
     best: float = math.inf
+    best_accuracy: float = -math.inf
     best_epoch: int = 0
     epochs_since_best: int = 0
 
-    def step(self, value: float, epoch: int) -> bool:
-        """Record an epoch's validation loss; return True if it is the new best."""
-        if value < self.best * (1 - self.min_rel_delta) - self.min_delta:
-            self.best, self.best_epoch, self.epochs_since_best = value, epoch, 0
+    def step(self, loss: float, epoch: int, accuracy: float | None = None) -> bool:
+        """Record an epoch's validation loss (and accuracy); True if it is the new best."""
+        if self.monitor == "accuracy":
+            acc = -math.inf if accuracy is None else accuracy
+            better = acc > self.best_accuracy + 1e-12 or (
+                acc >= self.best_accuracy - 1e-12 and loss < self.best - self.min_delta
+            )
+        else:
+            better = loss < self.best * (1 - self.min_rel_delta) - self.min_delta
+        if better:
+            self.best, self.best_epoch, self.epochs_since_best = loss, epoch, 0
+            self.best_accuracy = -math.inf if accuracy is None else accuracy
             return True
         self.epochs_since_best += 1
         return False
@@ -189,7 +205,7 @@ def run_phase(
     the finished phase.
     """
     scheduler = create_scheduler(optimizer, cfg, steps_per_epoch)
-    stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_rel_delta)
+    stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_rel_delta, cfg.monitor)
     result = PhaseResult(cfg.name)
     start_epoch = 0
     best_state = _clone_state(model)
@@ -205,7 +221,7 @@ def run_phase(
         log.info("resuming phase %s after epoch %d", cfg.name, start_epoch)
     elif evaluate_first:
         val = evaluate(model, val_batches(), loss_fn, probs_fn, device)
-        stopper.step(val.loss, 0)
+        stopper.step(val.loss, 0, val.accuracy)
         result.best_val_loss, result.best_val_accuracy = val.loss, val.accuracy
         log.info("%s: starting point val loss %.4f acc %.4f", cfg.name, val.loss, val.accuracy)
     began = time.perf_counter() - result.seconds
@@ -266,7 +282,7 @@ def run_phase(
                 result.stopped = "non-finite loss"
                 break
             val = evaluate(model, val_batches(), loss_fn, probs_fn, device)
-            improved = stopper.step(val.loss, epoch + 1)
+            improved = stopper.step(val.loss, epoch + 1, val.accuracy)
             if improved:
                 best_state = _clone_state(model)
                 result.best_epoch, result.best_val_loss = epoch + 1, val.loss

@@ -212,6 +212,7 @@ def fine_tune(ctx: FitContext, head: ClassifierHead) -> tuple[TransferModel, Pha
         schedule=cfg.schedule,
         warmup_epochs=0.5,
         label_smoothing=cfg.label_smoothing,
+        monitor="accuracy",
     )
     result = run_phase(
         model,
