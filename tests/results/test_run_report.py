@@ -58,7 +58,12 @@ def _write_run(run, *, with_predictions=True, decision=True):
         "seconds_total": 4.2,
     }  # fmt: skip
     if decision:
-        metrics["decision"] = {"strategy": "fine-tune", "reason": "large & similar <data>"}
+        metrics["decision"] = {
+            "strategy": "fine-tune",
+            "reason": "large & similar <data>",
+            "scores": {cut: {"logme": 0.1 * i, "knn_accuracy": 0.5, "seconds": {"logme": 0.01}}
+                       for i, cut in enumerate(["blocks.1", "blocks.2"])},
+        }  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics))
     (run / "history.csv").write_text(history_csv(_history()))
     (run / "data_report.json").write_text(json.dumps({"usable": True, "skipped": []}))
@@ -78,6 +83,9 @@ def test_report_holds_every_section_from_the_run_files(tmp_path):
     assert "The base was unfrozen at epoch 4" in page
     assert "large &amp; similar &lt;data&gt;" in page
     assert "fine-tune phase (3 epochs, stopped: early)" in page
+    # per-layer scores as one table: a row per layer, the nested timings left out
+    assert "<th>layer</th><th>logme</th><th>knn_accuracy</th></tr>" in page
+    assert "<td>blocks.2</td>" in page
     test = [r for r in rows if r["split"] == "test"]
     wrong = [r for r in test if int(np.argmax(r["probs"])) != r["label"]]
     shown = min(len(wrong), 16)

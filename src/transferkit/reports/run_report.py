@@ -144,7 +144,7 @@ def _decision(metrics_json: dict, config: dict) -> dict | None:
     """The recorded strategy decision; for a strategy set by hand, say so."""
     decision = metrics_json.get("decision")
     if isinstance(decision, dict):
-        return decision
+        return {k: _as_rows(v) for k, v in decision.items()}
     strategy = metrics_json.get("strategy") or config.get("fit", {}).get("strategy")
     if strategy is None:
         return None
@@ -153,6 +153,22 @@ def _decision(metrics_json: dict, config: dict) -> dict | None:
         "reason": f"set in the fit configuration (strategy={strategy}); no measurement "
         "of the data was needed to choose it",
     }
+
+
+def _as_rows(value):
+    """``{layer: {score: number}}`` as one table row per layer, numbers only.
+
+    Why: per-layer transferability scores read as a table (layers down, scores across);
+    nested key/value boxes, one per layer, hide the comparison the decision rests on.
+    """
+    if not isinstance(value, dict) or not value:
+        return value
+    if not all(isinstance(v, dict) for v in value.values()):
+        return value
+    return [
+        {"layer": name, **{k: v for k, v in row.items() if not isinstance(v, dict | list)}}
+        for name, row in value.items()
+    ]
 
 
 def _timings(metrics_json: dict) -> dict | None:
