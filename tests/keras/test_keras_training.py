@@ -4,6 +4,7 @@ only the unfrozen block, a run reloads without the original model file."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -204,3 +205,20 @@ def test_training_step_sends_gradients_only_to_unfrozen_keras_weights(keras_file
     after = bb.state_dict()
     changed = sorted(k.split(".")[-1] for k in before if not torch.equal(before[k], after[k]))
     assert changed == ["bn3/beta", "bn3/gamma", "conv3/bias", "conv3/kernel"]
+
+
+def test_keras_run_exports_and_the_export_matches(tmp_path, data, keras_files):
+    from transferkit.cli import main
+
+    clf = TransferClassifier(
+        str(keras_files["keras"]), "feature-extract", cut="relu3", cache_dir=str(tmp_path / "c"),
+        **FAST,
+    )  # fmt: skip
+    clf.fit(data, run_dir=tmp_path / "run")
+    formats = ["torchscript"]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        formats.append("onnx")
+    for fmt in formats:  # export verifies the exported graph against the model itself
+        out = tmp_path / f"model.{fmt}"
+        assert main(["export", str(tmp_path / "run"), "--format", fmt, "--out", str(out)]) == 0
+        assert out.is_file()

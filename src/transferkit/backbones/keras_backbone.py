@@ -163,7 +163,8 @@ class KerasModule(nn.Module):
             h, w = self.fixed_hw
             raise InputError(
                 f"this Keras model takes {h}x{w} images, got {x.shape[2]}x{x.shape[3]}: "
-                f"leave out --image-size or set it to {h}"
+                f"leave out --image-size or set it to {h} (keras:NAME models: size= in the "
+                "spec sets the size they are built for)"
             )
         x = x.permute(0, 2, 3, 1)
         if self.bgr:
@@ -434,6 +435,12 @@ class KerasBackbone(Backbone):
     @property
     def keras_model(self):
         return self.model.keras_model
+
+    @property
+    def fixed_input_size(self) -> bool:
+        """Whether the Keras model takes only ``input_size`` images (its input shape
+        was saved or built with a height and width), not any size."""
+        return self.model.fixed_hw is not None
 
     @property
     def blocks(self) -> list[tuple[str, KerasLayerGroup]]:

@@ -259,8 +259,14 @@ def resolve_application(name: str, keras) -> str:
 
 def build_application(
     spec: KerasSpec, *, weights: str | Path | None, pretrained: bool
-) -> tuple[object, str, str]:
-    """``keras.applications.NAME(include_top=False)``; returns (model, mode, origin)."""
+) -> tuple[object, str, str, tuple[int, int]]:
+    """``keras.applications.NAME(include_top=False)``; returns (model, mode, origin,
+    default input size).
+
+    With ``size=`` the model is built for exactly that input, as
+    ``input_shape=(H, W, 3)`` does; without it, for any size (``input_shape=(None, None,
+    3)``), the family's default size being what transferkit feeds it unless told
+    otherwise (``--image-size``)."""
     keras = import_keras(f"backbone {spec.text!r}")
     name = resolve_application(spec.target, keras)
     mode, default = APPLICATIONS.get(name, (None, 224))
@@ -278,7 +284,7 @@ def build_application(
             model = fn(
                 include_top=False,
                 weights="imagenet" if want_imagenet else None,
-                input_shape=(h, w, 3),
+                input_shape=(h, w, 3) if spec.size else (None, None, 3),
             )
     except ValueError as exc:  # e.g. an input size the architecture cannot take
         raise InputError(f"keras:{name} at {h}x{w}: {_first_line(exc)}") from None
@@ -294,7 +300,7 @@ def build_application(
     if weights is not None:
         load_keras_weights(model, weights, f"keras:{name}")
         origin = f"file:{weights}"
-    return model, mode, origin
+    return model, mode, origin, (h, w)
 
 
 def load_keras_weights(model, path: str | Path, what: str) -> None:
@@ -435,7 +441,10 @@ def create_keras_backbone(
         parsed = parse_keras_spec(str(spec))
         size = size or parsed.size
         if parsed.kind == "application":
-            model, mode, origin = build_application(parsed, weights=weights, pretrained=pretrained)
+            model, mode, origin, default_size = build_application(
+                parsed, weights=weights, pretrained=pretrained
+            )
+            size = size or default_size
             mode = preprocess or mode
             kind, text = "application", parsed.text
             display = name or resolve_application(parsed.target, import_keras())
