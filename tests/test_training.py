@@ -195,6 +195,8 @@ def test_run_directory_contents(tmp_path, data):
         "history.csv",
         "data_report.json",
         "train.log",
+        "predictions.csv",
+        "report.html",
     ):
         assert (run / name).is_file(), name
     m = json.loads((run / "metrics.json").read_text())

@@ -460,6 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("transferkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `transferkit predict ... | head` closed the pipe: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug of ours: one line, traceback on request
         if os.environ.get("TRANSFERKIT_DEBUG"):
             raise

@@ -131,6 +131,9 @@ class TransferClassifier:
             if run is not None:
                 self.save(run)
                 ctx.checkpointer.clear()
+                from .reports import write_run_report
+
+                write_run_report(run)
                 log.info("run saved to %s", run)
             return self
         finally:
@@ -218,6 +221,7 @@ class TransferClassifier:
             metrics=self.metrics_,
             history=self.history_,
             data_report=getattr(self, "data_report_", None),
+            predictions=getattr(self, "predictions_", None),
         )
 
     @classmethod
