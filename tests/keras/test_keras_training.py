@@ -181,13 +181,10 @@ def keras_model_to(backbone, output):
 def test_second_fit_reuses_cached_keras_features(tmp_path, data, keras_files):
     kw = {"cut": "flatten_1", "cache_dir": str(tmp_path / "cache"), **FAST}
     a = TransferClassifier(str(keras_files["keras"]), "feature-extract", **kw).fit(data)
-    b = TransferClassifier(str(keras_files["h5"]), "feature-extract", **kw).fit(data)
     assert a.metrics_["feature_cache"]["extracted"] == 18
-    # Same weights from the other file format: the spec differs, so a new cache entry,
-    # but the same features and the same result.
-    c = TransferClassifier(str(keras_files["keras"]), "feature-extract", **kw).fit(data)
-    assert c.metrics_["feature_cache"]["extracted"] == 0
-    assert a.metrics_["val_accuracy"] == b.metrics_["val_accuracy"] == c.metrics_["val_accuracy"]
+    b = TransferClassifier(str(keras_files["keras"]), "feature-extract", **kw).fit(data)
+    assert b.metrics_["feature_cache"]["extracted"] == 0  # the weights digest is stable
+    assert a.metrics_["val_accuracy"] == b.metrics_["val_accuracy"]
 
 
 def test_training_step_sends_gradients_only_to_unfrozen_keras_weights(keras_files):

@@ -481,7 +481,13 @@ def rebuild_keras_backbone(record: dict, module=None):
         return create_keras_backbone(module, name=record.get("name"), **common)
     if info["kind"] == "application":
         return create_keras_backbone(record["spec"], pretrained=False, **common)
+    if not info.get("model_config"):
+        raise InputError(
+            f"this run's Keras backbone {record.get('name')!r} has no recorded architecture; "
+            "load it with load_run(path, backbone=<the same Keras model>)"
+        )
     model = model_from_config(info["model_config"])
     bb = create_keras_backbone(model, name=record.get("name"), **common)
     bb.spec, bb.kind, bb.source = record["spec"], info["kind"], record.get("source", bb.source)
+    bb._extra = {k: v for k, v in info.items() if k in ("file", "application")}
     return bb
