@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def keras():
-    return import_keras("the Keras backbone tests")
+    return import_keras("running the Keras backbone tests")
 
 
 def build_convnet(keras, size: int = 16, classes: int = 2):
