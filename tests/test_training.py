@@ -239,3 +239,5 @@ def test_fine_tune_lr_must_be_gentle():
 
     with pytest.raises(InputError, match="10-100x below"):
         FitConfig(lr=1e-3, fine_tune_lr=1e-3).validate()
+    # a feature extractor never fine-tunes: its head LR is free
+    FitConfig(strategy="feature-extract", lr=1e-4, fine_tune_lr=1e-4).validate()

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .compute import PRECISIONS
 from .errors import InputError
 from .freezing import BN_POLICIES
 from .heads import HeadConfig
@@ -33,6 +34,9 @@ class FitConfig:
     val_split: float = 0.2
     seed: int = 0
     device: str = "auto"
+    # GPU path (docs/distributed.md): bf16 autocast where supported, torch.compile
+    precision: str = "auto"  # "auto" (bf16 on a capable GPU, else fp32), "fp32", "bf16"
+    compile: bool = False
     # phase 1: the head on cached features (trains to convergence: many cheap epochs)
     epochs: int = 100
     lr: float = 1e-3
@@ -43,7 +47,7 @@ class FitConfig:
     fine_tune_lr: float = 1e-4
     fine_tune_patience: int = 4
     layer_decay: float | None = None
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: split evenly among torchrun processes
     augment: bool = True
     label_smoothing: float = 0.0
     weight_decay: float = 1e-4
@@ -58,11 +62,15 @@ class FitConfig:
             raise InputError(f"--bn {self.bn!r} is not one of {', '.join(BN_POLICIES)}")
         if self.device not in DEVICES:
             raise InputError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(
+                f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
         self.unfreeze_top()  # validates the syntax
         if not 0.0 < self.val_split < 1.0:
             raise InputError(f"--val-split must be between 0 and 1, got {self.val_split}")
         ratio = self.lr / self.fine_tune_lr if self.fine_tune_lr > 0 else float("inf")
-        if not 10 <= ratio <= 100 + 1e-9:
+        if self.strategy != "feature-extract" and not 10 <= ratio <= 100 + 1e-9:
             raise InputError(
                 f"fine-tune learning rate {self.fine_tune_lr:g} must be 10-100x below the head's "
                 f"{self.lr:g} (R2: fine-tune gently); it is {ratio:.3g}x"
