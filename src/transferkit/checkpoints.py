@@ -17,7 +17,9 @@ from torch import nn
 from .atomic import atomic_write_text, save_tensors
 
 
-def _split_optimizer_state(state: dict) -> tuple[dict, dict]:
+def split_optimizer_state(state: dict) -> tuple[dict, dict]:
+    """An optimizer state dict as (named tensors, JSON-able rest): safetensors and JSON
+    hold it on disk, and processes of a distributed run exchange it the same way."""
     tensors, plain = {}, {"state": {}, "param_groups": state["param_groups"]}
     for idx, entry in state["state"].items():
         plain["state"][str(idx)] = {}
@@ -29,7 +31,8 @@ def _split_optimizer_state(state: dict) -> tuple[dict, dict]:
     return tensors, plain
 
 
-def _join_optimizer_state(tensors: dict, plain: dict) -> dict:
+def join_optimizer_state(tensors: dict, plain: dict) -> dict:
+    """The inverse of :func:`split_optimizer_state`."""
     state: dict[int, dict] = {int(i): dict(v) for i, v in plain["state"].items()}
     for name, value in tensors.items():
         idx, key = name.split(".", 1)
@@ -59,7 +62,7 @@ class Checkpointer:
         p = self._paths(phase)
         save_tensors(p["model.safetensors"], model.state_dict())
         save_tensors(p["best.safetensors"], best_state)
-        opt_tensors, opt_plain = _split_optimizer_state(optimizer.state_dict())
+        opt_tensors, opt_plain = split_optimizer_state(optimizer.state_dict())
         save_tensors(p["optim.safetensors"], opt_tensors)
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         doc = {"phase": phase, "state": asdict(state), "optimizer": opt_plain, "scheduler": sched}
@@ -73,7 +76,7 @@ class Checkpointer:
         model.load_state_dict(load_file(str(p["model.safetensors"])))
         best = load_file(str(p["best.safetensors"]))
         optimizer.load_state_dict(
-            _join_optimizer_state(load_file(str(p["optim.safetensors"])), doc["optimizer"])
+            join_optimizer_state(load_file(str(p["optim.safetensors"])), doc["optimizer"])
         )
         sched = scheduler.state_dict()
         sched.update(doc["scheduler"])

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .compute import PRECISIONS
 from .config import DEVICES, STRATEGIES, FitConfig
 from .errors import TransferkitError
 from .freezing import BN_POLICIES
@@ -137,7 +138,9 @@ def _add_fit(sub) -> None:
     p.add_argument("--lr", type=float, help="head learning rate")
     p.add_argument("--fine-tune-lr", type=float, help="fine-tuning learning rate (10-100x lower)")
     p.add_argument("--layer-decay", type=float, help="layer-wise LR decay per block, e.g. 0.8")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--batch-size", type=int, help="global batch; torchrun processes share it evenly"
+    )
     p.add_argument("--image-size", type=int, help="square input size in pixels")
     p.add_argument("--pooling", choices=POOLINGS, help="head pooling")
     p.add_argument("--hidden", type=int, help="head hidden layer width (0: none)")
@@ -145,7 +148,18 @@ def _add_fit(sub) -> None:
     p.add_argument("--val-split", type=float, help="validation fraction when there is no val/")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--workers", type=int, help="data loader processes")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="forward passes: auto (bf16 on a GPU that has it, else fp32), fp32, bf16",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model for fine-tuning and feature extraction",
+    )
+    p.add_argument("--workers", type=int, help="data loader processes (per process)")
     p.add_argument("--cache-dir", help="feature cache folder")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -171,6 +185,8 @@ _FIT_FLAGS = (
     "val_split",
     "seed",
     "device",
+    "precision",
+    "compile",
     "workers",
     "cache_dir",
     "augment",
@@ -188,6 +204,7 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
+    from .distributed import environment
     from .estimator import TransferClassifier
 
     _console_logging()
@@ -195,6 +212,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     clf = TransferClassifier(cfg.backbone, cfg.strategy, config=cfg)
     clf.fit(args.data, run_dir=args.out, resume=args.resume)
     m = clf.metrics_
+    if not environment().is_main:  # under torchrun: one report, from rank 0
+        return 0
     if args.json:
         _print_json(m)
         return 0

@@ -5,6 +5,12 @@ gradient clipping, early stopping on validation loss with the best weights resto
 (R1, R2, R8). A non-finite loss stops the phase and keeps the last good weights;
 Ctrl-C leaves the last epoch's checkpoint on disk and raises ``TrainingInterrupted``
 so ``fit --resume`` can continue.
+
+The same loop runs in one process or in many (torchrun, DDP): it talks to the other
+processes only through a :class:`~transferkit.distributed.Collective` (validation and
+training sums, the NaN check, a resumed checkpoint), whose single-process version does
+nothing. Forward passes run under the :class:`~transferkit.compute.Compute`'s autocast
+with batches moved non-blocking (and NHWC on a GPU); losses are computed in float32.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .checkpoints import Checkpointer
+from .checkpoints import Checkpointer, join_optimizer_state, split_optimizer_state
+from .compute import Compute, as_compute
+from .distributed import SINGLE, Collective
 from .errors import TransferkitError
 from .progress import progress_iter
 
@@ -145,17 +153,31 @@ def create_scheduler(optimizer, cfg: PhaseConfig, steps_per_epoch: int):
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable, loss_fn, probs_fn, device="cpu", keep: bool = False
+    model: nn.Module,
+    batches: Iterable,
+    loss_fn,
+    probs_fn,
+    device: str | torch.device | Compute = "cpu",
+    keep: bool = False,
+    collective: Collective = SINGLE,
 ) -> Evaluation:
-    """Mean loss and accuracy over ``batches`` with the model in eval mode."""
+    """Mean loss and accuracy over ``batches`` with the model in eval mode.
+
+    With a multi-process ``collective`` each process passes its shard of the batches
+    and gets the totals over all of them, so every process sees the same numbers and
+    takes the same early-stopping decision; ``keep``'s probabilities stay per process.
+    """
+    compute = as_compute(device)
     was = model.training
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
     all_probs, all_labels = [], []
     try:
         for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
+            x, y = compute.to_device(x), y.to(compute.device, non_blocking=True)
+            with compute.autocast():
+                logits = model(x)
+            logits = logits.float()
             total_loss += float(loss_fn(logits, y)) * len(y)
             probs = probs_fn(logits)
             correct += int((probs.argmax(1) == y).sum())
@@ -165,6 +187,7 @@ def evaluate(
                 all_labels.append(y.cpu())
     finally:
         model.train(was)
+    total_loss, correct, n = collective.sum([total_loss, correct, n])
     return Evaluation(
         loss=total_loss / max(n, 1),
         accuracy=correct / max(n, 1),
@@ -175,6 +198,63 @@ def evaluate(
 
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _restore(checkpointer, collective, name, model, optimizer, scheduler):
+    """Load the phase's checkpoint if there is one: ``(PhaseState, best_state)`` or
+    ``None``. Only rank 0 has the checkpoint (it alone writes the run directory); the
+    other processes receive its weights, optimizer and scheduler state from it."""
+    found = collective.broadcast_json(checkpointer is not None and checkpointer.has(name))
+    if not found:
+        return None
+    state = best = None
+    if collective.is_main:
+        state, best = checkpointer.load(name, model, optimizer, scheduler)
+    if not collective.active:
+        return state, best
+    collective.broadcast_module(model)
+    best = collective.broadcast_tensors(best)
+    opt_tensors, opt_plain = split_optimizer_state(optimizer.state_dict())
+    opt_plain = collective.broadcast_json(opt_plain)
+    opt_tensors = collective.broadcast_tensors(opt_tensors)
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    sched = collective.broadcast_json(sched)
+    doc = collective.broadcast_json(asdict(state) if state is not None else None)
+    if not collective.is_main:
+        optimizer.load_state_dict(join_optimizer_state(opt_tensors, opt_plain))
+        scheduler.load_state_dict({**scheduler.state_dict(), **sched})
+        state = PhaseState(**doc)
+    return state, best
+
+
+def _train_epoch(
+    train_module, batches, optimizer, scheduler, cfg, loss_fn, probs_fn, compute, collective, live
+) -> tuple[float, int, int, bool]:
+    """One pass over the training batches: (loss sum, correct, count, all finite)."""
+    tr_loss, tr_correct, tr_n = 0.0, 0, 0
+    for x, y in batches:
+        x, y = compute.to_device(x), y.to(compute.device, non_blocking=True)
+        with compute.autocast():
+            logits = train_module(x)
+        logits = logits.float()
+        loss = loss_fn(logits, y)
+        # Every process must agree before anyone enters backward (DDP's gradient
+        # all-reduce), or the others would wait there forever.
+        if not collective.all_true(bool(torch.isfinite(loss))):
+            return tr_loss, tr_correct, tr_n, False
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:  # gradients are already averaged over processes here
+            nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip
+            )
+        optimizer.step()
+        scheduler.step()
+        tr_loss += float(loss.detach()) * len(y)
+        tr_correct += int((probs_fn(logits.detach()).argmax(1) == y).sum())
+        tr_n += len(y)
+        live["text"] = f"loss {tr_loss / tr_n:.3f} acc {tr_correct / tr_n:.3f}"
+    return tr_loss, tr_correct, tr_n, True
 
 
 def run_phase(
@@ -188,12 +268,14 @@ def run_phase(
     optimizer: torch.optim.Optimizer,
     cfg: PhaseConfig,
     history: list[dict],
-    device="cpu",
+    device: str | torch.device | Compute = "cpu",
     epoch_offset: int = 0,
     checkpointer: Checkpointer | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     evaluate_first: bool = False,
     fast_epochs: bool = False,
+    train_module: nn.Module | None = None,
+    collective: Collective = SINGLE,
 ) -> PhaseResult:
     """Train ``model`` for one phase, stopping early on validation loss, and leave the
     best weights in it. ``history`` gets one row per epoch (global epoch numbers).
@@ -203,14 +285,23 @@ def run_phase(
     ``fast_epochs`` (a head on cached features: milliseconds an epoch) shows one bar
     over epochs instead of one per epoch, logs epochs at DEBUG, and checkpoints only
     the finished phase.
+
+    ``train_module`` is what training batches go through when it is not ``model``
+    itself: a DDP and/or ``torch.compile`` wrapper of it. Weights, checkpoints and
+    validation always use ``model``. With a multi-process ``collective``,
+    ``train_batches`` and ``val_batches`` yield this process's shard; sums are
+    combined so that every process logs and decides the same.
     """
+    compute = as_compute(device)
+    train_module = train_module if train_module is not None else model
     scheduler = create_scheduler(optimizer, cfg, steps_per_epoch)
     stopper = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_rel_delta, cfg.monitor)
     result = PhaseResult(cfg.name)
     start_epoch = 0
     best_state = _clone_state(model)
-    if checkpointer is not None and checkpointer.has(cfg.name):
-        state, best_state = checkpointer.load(cfg.name, model, optimizer, scheduler)
+    restored = _restore(checkpointer, collective, cfg.name, model, optimizer, scheduler)
+    if restored is not None:
+        state, best_state = restored
         start_epoch = state.epoch
         stopper = EarlyStopping(**state.stopper) if state.stopper else stopper
         result = PhaseResult(**state.result) if state.result else result
@@ -220,7 +311,7 @@ def run_phase(
             return result
         log.info("resuming phase %s after epoch %d", cfg.name, start_epoch)
     elif evaluate_first:
-        val = evaluate(model, val_batches(), loss_fn, probs_fn, device)
+        val = evaluate(model, val_batches(), loss_fn, probs_fn, compute, collective=collective)
         stopper.step(val.loss, 0, val.accuracy)
         result.best_val_loss, result.best_val_accuracy = val.loss, val.accuracy
         log.info("%s: starting point val loss %.4f acc %.4f", cfg.name, val.loss, val.accuracy)
@@ -240,8 +331,7 @@ def run_phase(
     try:
         for epoch in epochs:
             t0 = time.perf_counter()
-            model.train()  # BN layers keep their policy through forward pre-hooks (R3)
-            tr_loss, tr_correct, tr_n, finite = 0.0, 0, 0, True
+            train_module.train()  # BN layers keep their policy through forward pre-hooks (R3)
             batches = train_batches(epoch)
             live["text"] = ""
             desc = f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}"
@@ -253,25 +343,18 @@ def run_phase(
                     unit="batch",
                     status=lambda: live["text"],
                 )
-            for x, y in batches:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip
-                    )
-                optimizer.step()
-                scheduler.step()
-                tr_loss += float(loss.detach()) * len(y)
-                tr_correct += int((probs_fn(logits.detach()).argmax(1) == y).sum())
-                tr_n += len(y)
-                live["text"] = f"loss {tr_loss / tr_n:.3f} acc {tr_correct / tr_n:.3f}"
+            tr_loss, tr_correct, tr_n, finite = _train_epoch(
+                train_module,
+                batches,
+                optimizer,
+                scheduler,
+                cfg,
+                loss_fn,
+                probs_fn,
+                compute,
+                collective,
+                live,
+            )
             if not finite:
                 log.error(
                     "phase %s: the loss became NaN/inf in epoch %d; stopping the phase "
@@ -281,7 +364,8 @@ def run_phase(
                 )
                 result.stopped = "non-finite loss"
                 break
-            val = evaluate(model, val_batches(), loss_fn, probs_fn, device)
+            tr_loss, tr_correct, tr_n = collective.sum([tr_loss, tr_correct, tr_n])
+            val = evaluate(model, val_batches(), loss_fn, probs_fn, compute, collective=collective)
             improved = stopper.step(val.loss, epoch + 1, val.accuracy)
             if improved:
                 best_state = _clone_state(model)

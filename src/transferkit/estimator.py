@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .backbones import create_backbone
 from .checkpoints import Checkpointer
+from .compute import create_compute, resolve_device
 from .config import FitConfig
 from .engine import evaluate
 from .errors import InputError
@@ -36,12 +39,7 @@ from .strategies.common import cached_features, image_dataset, labels_of, make_l
 log = logging.getLogger("transferkit")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(name)
+__all__ = ["TransferClassifier", "load", "resolve_device"]
 
 
 class TransferClassifier:
@@ -80,78 +78,118 @@ class TransferClassifier:
 
     # ------------------------------------------------------------------ training
     def fit(self, data, *, run_dir: str | Path | None = None, resume: bool = False):
-        """Train on ``data`` (folder, CSV or ``(images, labels[, classes])``); returns self."""
-        from .data import load_data
+        """Train on ``data`` (folder, CSV or ``(images, labels[, classes])``); returns self.
 
+        Under torchrun every process calls this with the same arguments (see
+        docs/distributed.md): they share feature extraction and fine-tuning, rank 0
+        alone writes ``run_dir`` and the feature cache, and every process returns with
+        the same model and metrics.
+        """
         started = time.perf_counter()
+        env = distributed.environment()
         run = Path(run_dir) if run_dir is not None else None
-        handler, level = _attach_log(run) if run is not None else (None, None)
+        writes = run if env.is_main else None  # rank 0 alone writes the run directory
+        handler, level = _attach_log(writes) if writes is not None else (None, None)
+        quiet = _QuietRank() if not env.is_main else None
+        collective = distributed.SINGLE
         try:
-            cfg = self._resolved_config(run, resume).validate()
-            splits = load_data(data, val_split=cfg.val_split, seed=cfg.seed)
-            for warning in splits.report.warnings:
-                log.warning("data: %s", warning)
-            backbone = create_backbone(
-                self.backbone_module or cfg.backbone, weights=cfg.weights, cut=cfg.cut
-            )
-            ctx = FitContext(
-                config=cfg,
-                backbone=backbone,
-                splits=splits,
-                device=resolve_device(cfg.device),
-                cache=FeatureCache(cfg.cache_dir),
-                checkpointer=Checkpointer(run / "checkpoint") if run is not None else None,
-                on_epoch_end=self.on_epoch_end,
-            )
-            if ctx.checkpointer is not None:
-                ctx.checkpointer.folder.mkdir(parents=True, exist_ok=True)
-                (ctx.checkpointer.folder / "fit_config.json").write_text(_config_json(cfg))
-            torch.manual_seed(cfg.seed)
-            log.info(
-                "fit: %d train / %d val / %d test images, %d classes, backbone %s "
-                "(cut %s), strategy %s",
-                len(splits.train),
-                len(splits.val),
-                len(splits.test),
-                len(splits.classes),
-                backbone.name,
-                backbone.cut,
-                cfg.strategy,
-            )
-            result = run_strategy(cfg.strategy, ctx)
-            self.model_ = result.model.eval()
-            self.classes_ = list(splits.classes)
-            self.history_ = list(ctx.history)
-            self.config_ = ctx.config  # auto's decision included (image size, cut, ...)
-            self.data_report_ = splits.report.to_dict()
-            self.split_ = splits.split
-            self.metrics_ = self._final_metrics(
-                ctx, result, time.perf_counter() - started, requested=cfg.strategy
-            )
-            if run is not None:
-                self.save(run)
+            device = resolve_device(self.config.device, env.local_rank)
+            collective = distributed.setup(device, env)
+            cfg = self._resolved_config(writes, resume, collective)
+            if cfg.device != self.config.device:  # a resumed run brings its own
+                device = resolve_device(cfg.device, env.local_rank)
+            ctx = self._fit(data, cfg, device, collective, writes)
+            self.metrics_["seconds_total"] = time.perf_counter() - started
+            if collective.active:
+                self.metrics_ = collective.broadcast_json(self.metrics_)
+            if writes is not None:
+                self.save(writes)
                 ctx.checkpointer.clear()
                 from .reports import write_run_report
 
-                write_run_report(run)
-                log.info("run saved to %s", run)
+                write_run_report(writes)
+                log.info("run saved to %s", writes)
+            collective.barrier()  # nobody returns before the run directory is complete
             return self
         finally:
+            distributed.teardown(collective)
+            if quiet is not None:
+                quiet.restore()
             if handler is not None:
                 logging.getLogger("transferkit").removeHandler(handler)
                 logging.getLogger("transferkit").setLevel(level)
                 handler.close()
 
-    def _resolved_config(self, run: Path | None, resume: bool) -> FitConfig:
-        if not resume:
-            return dataclasses.replace(self.config)
-        saved = run / "checkpoint" / "fit_config.json" if run is not None else None
-        if saved is None or not saved.is_file():
-            raise InputError(f"nothing to resume in {str(run)!r}: no checkpoint there")
-        log.info("resuming the interrupted run in %s", run)
-        return FitConfig.from_file(saved)
+    def _fit(self, data, cfg: FitConfig, device, collective, run: Path | None) -> FitContext:
+        """The work of ``fit``: data, backbone, strategy, final metrics (rank 0)."""
+        from .data import load_data
 
-    def _final_metrics(self, ctx: FitContext, result, seconds: float, requested: str) -> dict:
+        splits = load_data(data, val_split=cfg.val_split, seed=cfg.seed)
+        for warning in splits.report.warnings:
+            log.warning("data: %s", warning)
+        torch.manual_seed(cfg.seed)  # --weights none: the random init follows --seed too
+        backbone = create_backbone(
+            self.backbone_module or cfg.backbone, weights=cfg.weights, cut=cfg.cut
+        )
+        collective.broadcast_module(backbone)  # rank 0's weights, whatever happened elsewhere
+        ctx = FitContext(
+            config=cfg,
+            backbone=backbone,
+            splits=splits,
+            device=device,
+            cache=FeatureCache(cfg.cache_dir, writable=collective.is_main),
+            checkpointer=Checkpointer(run / "checkpoint") if run is not None else None,
+            on_epoch_end=self.on_epoch_end,
+            compute=create_compute(device, cfg.precision, cfg.compile),
+            collective=collective,
+        )
+        if ctx.checkpointer is not None:
+            ctx.checkpointer.folder.mkdir(parents=True, exist_ok=True)
+            (ctx.checkpointer.folder / "fit_config.json").write_text(_config_json(cfg))
+        torch.manual_seed(cfg.seed)
+        log.info(
+            "fit: %d train / %d val / %d test images, %d classes, backbone %s "
+            "(cut %s), strategy %s, %s %s%s",
+            len(splits.train),
+            len(splits.val),
+            len(splits.test),
+            len(splits.classes),
+            backbone.name,
+            backbone.cut,
+            cfg.strategy,
+            device,
+            ctx.compute.precision,
+            ", compiled" if ctx.compute.compile else "",
+        )
+        result = run_strategy(cfg.strategy, ctx)
+        self.model_ = result.model.eval()
+        self.classes_ = list(splits.classes)
+        self.history_ = list(ctx.history)
+        self.config_ = ctx.config  # auto's decision included (image size, cut, ...)
+        self.data_report_ = splits.report.to_dict()
+        self.split_ = splits.split
+        self.metrics_, self.predictions_ = {}, []
+        if collective.is_main:  # final evaluation: rank 0 alone, unsharded
+            self.metrics_ = self._final_metrics(ctx, result, requested=cfg.strategy)
+        return ctx
+
+    def _resolved_config(
+        self, run: Path | None, resume: bool, collective=distributed.SINGLE
+    ) -> FitConfig:
+        """The settings to train with; on ``resume``, those saved in the run. Rank 0's
+        are everyone's: the other processes may not see the run directory at all."""
+        cfg = dataclasses.replace(self.config)
+        if resume and collective.is_main:
+            saved = run / "checkpoint" / "fit_config.json" if run is not None else None
+            if saved is None or not saved.is_file():
+                raise InputError(f"nothing to resume in {str(run)!r}: no checkpoint there")
+            log.info("resuming the interrupted run in %s", run)
+            cfg = FitConfig.from_file(saved)
+        if collective.active:
+            cfg = FitConfig.from_dict(collective.broadcast_json(cfg.to_dict()))
+        return cfg.validate()
+
+    def _final_metrics(self, ctx: FitContext, result, requested: str) -> dict:
         cfg = ctx.config
         metrics = {
             "strategy": cfg.strategy,
@@ -176,7 +214,6 @@ class TransferClassifier:
                 self.predictions_ += prediction_rows(split, examples, ev.probabilities)
         if result.decision is not None:
             metrics["decision"] = result.decision.to_dict()
-        metrics["seconds_total"] = seconds
         return metrics
 
     # ---------------------------------------------------------------- inference
@@ -252,12 +289,12 @@ def evaluate_examples(ctx: FitContext, result, examples, split: str, keep: bool 
     model = result.model
     head = model.head
     y = labels_of(examples)
-    if result.frozen_base:
-        x = cached_features(ctx, examples, split)
+    if result.frozen_base:  # rank 0 alone (under torchrun): no collective here
+        x = cached_features(ctx, examples, split, collective=distributed.SINGLE)
         batches = [(x[i : i + 1024], y[i : i + 1024]) for i in range(0, len(y), 1024)]
         return evaluate(head, batches, head.loss, head.probabilities, ctx.device, keep=keep)
     loader = make_loader(ctx, image_dataset(ctx, examples, train=False), shuffle=False)
-    return evaluate(model, loader, head.loss, head.probabilities, ctx.device, keep=keep)
+    return evaluate(model, loader, head.loss, head.probabilities, ctx.compute, keep=keep)
 
 
 def prediction_rows(split: str, examples, probabilities: torch.Tensor) -> list[dict]:
@@ -286,6 +323,25 @@ def _config_json(cfg: FitConfig) -> str:
     import json
 
     return json.dumps(cfg.to_dict(), indent=2)
+
+
+class _QuietRank:
+    """Processes other than rank 0 log only errors and draw no progress bars, so a
+    torchrun job prints one account of the run, not one per process."""
+
+    def __init__(self):
+        self.logger = logging.getLogger("transferkit")
+        self.level = self.logger.level
+        self.progress = os.environ.get("TRANSFERKIT_PROGRESS")
+        self.logger.setLevel(logging.ERROR)
+        os.environ["TRANSFERKIT_PROGRESS"] = "0"
+
+    def restore(self) -> None:
+        self.logger.setLevel(self.level)
+        if self.progress is None:
+            os.environ.pop("TRANSFERKIT_PROGRESS", None)
+        else:
+            os.environ["TRANSFERKIT_PROGRESS"] = self.progress
 
 
 def _attach_log(run: Path) -> tuple[logging.Handler, int]:
