@@ -80,7 +80,7 @@ WORKER = r"""
 import json, os, sys
 from pathlib import Path
 
-out, watched = Path(sys.argv[1]), [os.path.realpath(p) for p in sys.argv[2:4]]
+out, watched = Path(sys.argv[1]), [os.path.realpath(p) for p in sys.argv[2:5]]
 rank = int(os.environ.get("RANK", "0"))
 touched = []
 
@@ -123,7 +123,7 @@ def recording_fit(self, *args, **kwargs):
     return fit(self, *args, **kwargs)
 
 estimator.TransferClassifier.fit = recording_fit
-rc = main(sys.argv[4:])
+rc = main(sys.argv[5:])
 clf = fitted[0]
 save_file({k: v.contiguous() for k, v in clf.model_.state_dict().items()},
           str(out / f"weights{rank}.safetensors"))
@@ -132,9 +132,10 @@ doc = {"rc": rc, "touched": touched, "extracted": extracted[0], "metrics": clf.m
 """
 
 
-def _clean_env() -> dict:
+def _clean_env(cache_home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["TRANSFERKIT_PROGRESS"] = "0"
+    env["TRANSFERKIT_CACHE_DIR"] = str(cache_home)  # the data scan's verdict cache
     return env
 
 
@@ -152,27 +153,32 @@ def test_two_process_gloo_fine_tune_matches_one_process_and_only_rank0_writes(tm
 
     data = make_image_folder(tmp_path / "data", per_class=10, size=16)  # 24 train, 6 val
     out, run, cache = tmp_path / "out", tmp_path / "run2", tmp_path / "cache2"
+    home = tmp_path / "home-cache"
     out.mkdir()
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     fit = ["fit", str(data), "--out", str(run), "--cache-dir", str(cache), *FIT_ARGS]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    watched = [str(run), str(cache), str(home)]
     proc = subprocess.run(
-        [*torchrun, "--nproc_per_node=2", str(worker), str(out), str(run), str(cache), *fit],
+        [*torchrun, str(worker), str(out), *watched, *fit],
         capture_output=True,
         text=True,
         timeout=300,
-        env=_clean_env(),
+        env=_clean_env(home),
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rc"] for r in ranks] == [0, 0]
 
-    # only rank 0 wrote: run directory, checkpoints, cache shards, train.log
+    # only rank 0 wrote: run directory, checkpoints, feature cache, train.log, scan cache
     assert ranks[1]["touched"] == []
-    written = {Path(p).name for entry in ranks[0]["touched"] for p in entry[1:]}
-    assert {"model.safetensors", "config.json", "train.log", "metrics.json"} <= written
-    assert any(Path(p).parent.parent == cache for e in ranks[0]["touched"] for p in e[1:])
+    paths = [Path(p) for entry in ranks[0]["touched"] for p in entry[1:]]
+    assert {"model.safetensors", "config.json", "train.log", "metrics.json"} <= {
+        p.name for p in paths
+    }
+    assert any(p.parent.parent == cache for p in paths)  # a feature shard
+    assert any(p.parent == home / "scan" for p in paths)  # the data scan's verdicts
 
     # extraction was shared: each process ran the backbone on its own half
     assert ranks[0]["extracted"] == ranks[1]["extracted"] == 15
@@ -414,3 +420,54 @@ def test_fit_flags_for_the_gpu_path():
     assert (cfg.precision, cfg.compile) == ("bf16", True)
     cfg = fit_config_from_args(parse(["fit", "d", "--out", "r"]))
     assert (cfg.precision, cfg.compile) == ("auto", False)
+
+
+@pytest.mark.slow
+def test_run_interrupted_in_one_process_resumes_under_torchrun_module_launch(tmp_path):
+    """``--resume`` across process counts: rank 0 reads the checkpoint and hands weights,
+    optimizer and scheduler state to the other process; launched as ``-m transferkit``."""
+    from transferkit.engine import TrainingInterrupted
+    from transferkit.heads import HeadConfig
+
+    data = make_image_folder(tmp_path / "data", per_class=10, size=16)
+    params = dict(
+        weights="none",
+        image_size=16,
+        epochs=5,
+        fine_tune_epochs=3,
+        batch_size=8,
+        workers=0,
+        augment=False,
+        lr=0.01,
+        fine_tune_lr=0.001,
+        head=HeadConfig(dropout=0.0),
+    )
+
+    def stop_after_first_fine_tune_epoch(phase, epoch):
+        if phase == "fine-tune" and epoch == 1:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    clf = TransferClassifier("test_resnet", "fine-tune", cache_dir=str(tmp_path / "c"), **params)
+    clf.on_epoch_end = stop_after_first_fine_tune_epoch
+    with pytest.raises(TrainingInterrupted):
+        clf.fit(data, run_dir=run)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd = [*torchrun, "-m", "transferkit", "fit", str(data), "--out", str(run), "--resume"]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=_clean_env(tmp_path / "home")
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("run saved to") == 1  # one report, from rank 0
+    assert "resuming phase fine-tune after epoch 1" in (run / "train.log").read_text()
+
+    whole = tmp_path / "whole"
+    TransferClassifier("test_resnet", "fine-tune", cache_dir=str(tmp_path / "c"), **params).fit(
+        data, run_dir=whole
+    )
+    a, b = load_file(str(run / "model.safetensors")), load_file(str(whole / "model.safetensors"))
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) <= WEIGHT_TOL
+    got = json.loads((run / "metrics.json").read_text())
+    want = json.loads((whole / "metrics.json").read_text())
+    assert got["phases"][1]["epochs_run"] == want["phases"][1]["epochs_run"] == 3
+    assert got["val_accuracy"] == want["val_accuracy"]

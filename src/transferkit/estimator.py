@@ -124,7 +124,13 @@ class TransferClassifier:
         """The work of ``fit``: data, backbone, strategy, final metrics (rank 0)."""
         from .data import load_data
 
+        # Rank 0 scans first: its verdict cache spares the others the decoding, and
+        # with every verdict a hit they have nothing to write.
+        if not collective.is_main:
+            collective.barrier()
         splits = load_data(data, val_split=cfg.val_split, seed=cfg.seed)
+        if collective.is_main:
+            collective.barrier()
         for warning in splits.report.warnings:
             log.warning("data: %s", warning)
         torch.manual_seed(cfg.seed)  # --weights none: the random init follows --seed too
