@@ -277,8 +277,9 @@ def fine_tune(ctx: FitContext, head: ClassifierHead) -> tuple[TransferModel, Pha
         weight_decay=cfg.weight_decay,
     )
     # DDP after freezing: only what is trainable now is synchronised (R4 holds within
-    # the phase, whose trainable set does not change); compile wraps DDP, as advised.
-    train_module = ctx.compute.maybe_compile(c.wrap(model, ctx.device))
+    # the phase, whose trainable set does not change). torch.compile goes inside DDP,
+    # as PyTorch advises, on a wrapper: ``model`` itself stays eager for export.
+    train_module = c.wrap(ctx.compute.maybe_compile(model), ctx.device)
     batch = c.per_process_batch(cfg.batch_size)
     train_ds = image_dataset(ctx, ctx.splits.train, train=True)
     val_ds = image_dataset(ctx, ctx.splits.val, train=False)
