@@ -1,8 +1,10 @@
-"""Atomic file writes (temp file + rename): a crash never leaves half a file that
-looks whole, which matters for run directories, caches and checkpoints."""
+"""Atomic file writes (temp file + rename) and file digests: a crash never leaves half
+a file that looks whole, and a digest tells a damaged file from a good one — which
+matters for run directories, caches and checkpoints."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -31,3 +33,12 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata=No
         metadata=metadata,
     )
     os.replace(tmp, path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import file_sha256
 from .compute import Compute, as_compute
 from .distributed import SINGLE, Collective
 from .progress import progress_iter
@@ -83,14 +84,6 @@ def model_key(
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class _Shard:
     path: Path
@@ -121,7 +114,7 @@ class FeatureCache:
             npy = meta_path.with_suffix(".npy")
             try:
                 meta = json.loads(meta_path.read_text())
-                ok = npy.is_file() and _file_sha256(npy) == meta["sha256"]
+                ok = npy.is_file() and file_sha256(npy) == meta["sha256"]
             except (OSError, ValueError, KeyError):
                 ok = False
             if not ok:
@@ -277,7 +270,7 @@ class FeatureCache:
         del out
         final = folder / f"{shard_id}.npy"
         os.replace(tmp, final)
-        meta = {"digests": digests, "sha256": _file_sha256(final), "format": FORMAT_VERSION}
+        meta = {"digests": digests, "sha256": file_sha256(final), "format": FORMAT_VERSION}
         tmp_meta = folder / f".{shard_id}.json.tmp"
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, final.with_suffix(".json"))

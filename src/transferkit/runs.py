@@ -12,7 +12,6 @@ model.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -23,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
-from .atomic import atomic_write_text, save_tensors
+from .atomic import atomic_write_text, file_sha256, save_tensors
 from .backbones.base import Backbone, weights_digest
 from .errors import InputError
 from .heads import ClassifierHead, HeadConfig, TransferModel
@@ -59,14 +58,6 @@ def _json(obj) -> str:
         return o
 
     return json.dumps(clean(obj), indent=2, default=str)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def backbone_record(backbone: Backbone) -> dict:

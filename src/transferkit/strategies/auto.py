@@ -258,10 +258,7 @@ def decide_from(
     )
 
 
-def run(ctx):
-    """``fit --strategy auto``: measure, decide, then run the chosen strategy."""
-    from . import RUNNERS
-
+def _measure_and_decide(ctx, allow_recut: bool = True) -> tuple[Measurement, Decision]:
     cfg = ctx.config
     started = time.perf_counter()
     m = measure_splits(
@@ -277,12 +274,20 @@ def run(ctx):
         ctx.backbone,
         ctx.splits,
         image_size_given=cfg.image_size is not None,
-        allow_recut=cfg.cut is None,
+        allow_recut=allow_recut,
         started=started,
     )
+    return m, decision
+
+
+def run(ctx):
+    """``fit --strategy auto``: measure, decide, then run the chosen strategy."""
+    from . import RUNNERS
+
+    m, decision = _measure_and_decide(ctx, allow_recut=ctx.config.cut is None)
     log.info("auto: %s", decision.reason)
     apply_decision(ctx, m, decision)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(ctx.config.seed)
     result = RUNNERS[decision.strategy](ctx)
     result.decision = decision
     return result
@@ -291,28 +296,16 @@ def run(ctx):
 def choose_feature_cut(ctx) -> Decision:
     """``feature-extract`` without ``--cut``: the cut is measured, not assumed (R6: for
     data unlike the pretraining data, lower layers transfer better)."""
-    cfg = ctx.config
-    started = time.perf_counter()
-    m = measure_splits(
-        ctx.backbone,
-        ctx.splits,
-        image_size=cfg.image_size,
-        seed=cfg.seed,
-        workers=cfg.workers,
-        device=ctx.device,
-    )
-    d = decide_from(
-        m, ctx.backbone, ctx.splits, image_size_given=cfg.image_size is not None, started=started
-    )
+    m, d = _measure_and_decide(ctx)
     probe = m.scores[d.best_cut].linear_probe_accuracy
     reason = (
         f"feature extraction was asked for; the cut is measured: {d.best_cut} has the "
         f"best cross-validated linear probe ({probe:.3f}) of {len(m.scores)} cuts."
     )
-    if d.image_size != ctx.backbone.input_size[1] and cfg.image_size is None:
+    if d.image_size != ctx.backbone.input_size[1] and ctx.config.image_size is None:
         reason += (
             f" Images are about {d.size['image_side_median']} px, so {d.image_size} px "
-            f"input is used."
+            "input is used."
         )
     fe = dataclasses.replace(
         d, strategy="feature-extract", cut=d.best_cut, unfreeze=None, reason=reason
