@@ -39,12 +39,12 @@ class FitConfig:
     compile: bool = False
     # phase 1: the head on cached features (trains to convergence: many cheap epochs)
     epochs: int = 100
-    lr: float = 1e-3
+    lr: float = 3e-3
     patience: int = 8
     head_batch_size: int = 64
     # phase 2: end-to-end fine-tuning, 10-100x lower learning rate (R2)
-    fine_tune_epochs: int = 12
-    fine_tune_lr: float = 1e-4
+    fine_tune_epochs: int = 15
+    fine_tune_lr: float = 3e-4
     fine_tune_patience: int = 4
     layer_decay: float | None = None
     batch_size: int = 32  # the global batch: split evenly among torchrun processes
