@@ -205,8 +205,9 @@ def decide_from(
     bn_text = f"{overall_bn:.2f}" if overall_bn is not None else "n/a (no BatchNorm)"
     why_sim = (
         f"the top layer's linear probe ({probe[top]:.3f}) is "
-        f"{'within' if gap <= SAME_AS_BEST else 'below'} {SAME_AS_BEST:.2f} of the best "
-        f"layer's ({best_cut}: {probe[best_cut]:.3f}) and BN-statistics similarity is "
+        f"{'within' if gap <= SAME_AS_BEST else 'more than'} {SAME_AS_BEST:.2f} "
+        f"{'of' if gap <= SAME_AS_BEST else 'below'} the best layer's "
+        f"({best_cut}: {probe[best_cut]:.3f}) and BN-statistics similarity is "
         f"{bn_text} (threshold {BN_SIMILAR}), so the data look "
         f"{'similar to' if similar else 'different from'} the pretraining data"
     )
