@@ -41,7 +41,7 @@ class FitConfig:
     epochs: int = 100
     lr: float = 3e-3
     patience: int = 8
-    head_batch_size: int = 64
+    head_batch_size: int = 256
     # phase 2: end-to-end fine-tuning, 10-100x lower learning rate (R2)
     fine_tune_epochs: int = 15
     fine_tune_lr: float = 3e-4
