@@ -45,7 +45,7 @@ class FitConfig:
     # phase 2: end-to-end fine-tuning, 10-100x lower learning rate (R2)
     fine_tune_epochs: int = 15
     fine_tune_lr: float = 3e-4
-    fine_tune_patience: int = 4
+    fine_tune_patience: int = 8
     layer_decay: float | None = None
     batch_size: int = 32  # the global batch: split evenly among torchrun processes
     augment: bool = True
