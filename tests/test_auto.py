@@ -122,3 +122,26 @@ def test_suggested_image_size(tmp_path):
     assert suggest_image_size(load_data(small).train, 224)[0] == 96
     big = make_image_folder(tmp_path / "b", per_class=2, size=64)
     assert suggest_image_size(load_data(big).train, 224)[0] == 224
+
+
+def test_second_auto_fit_runs_the_backbone_zero_times(tiny_data, tmp_path, monkeypatch):
+    import transferkit.strategies.auto as auto
+
+    params = {"weights": "none", "image_size": 16, "cache_dir": str(tmp_path / "c"), **FAST}
+    first = TransferClassifier("resnet18", **params).fit(tiny_data)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the backbone ran to measure again")
+
+    monkeypatch.setattr(auto, "measure_splits", no_measuring)
+    second = TransferClassifier("resnet18", **params).fit(tiny_data)
+    assert second.metrics_["feature_cache"]["extracted"] == 0
+    assert second.metrics_["decision"] == first.metrics_["decision"] | {
+        "seconds": second.metrics_["decision"]["seconds"]
+    }
+    assert (
+        second.metrics_["test_accuracy" if "test_accuracy" in first.metrics_ else "val_accuracy"]
+        == (
+            first.metrics_["test_accuracy" if "test_accuracy" in first.metrics_ else "val_accuracy"]
+        )
+    )

@@ -259,8 +259,43 @@ def decide_from(
     )
 
 
-def _measure_and_decide(ctx, allow_recut: bool = True) -> tuple[Measurement, Decision]:
+def _advice_path(ctx, allow_recut: bool):
+    """Where a decision for exactly this backbone, data and settings is remembered, so a
+    second fit on the same data runs the backbone zero times (R5) even under ``auto``."""
+    import hashlib
+    import json
+
+    from ..features import model_key
+
     cfg = ctx.config
+    key = {
+        "model": model_key(ctx.backbone, ctx.backbone.data_config, cfg.image_size, "advice"),
+        "train": sorted(e.digest + ":" + str(e.label) for e in ctx.splits.train),
+        "classes": list(ctx.splits.classes),
+        "seed": cfg.seed,
+        "recut": allow_recut,
+        "rules": [SMALL_PER_CLASS, SAME_AS_BEST, BN_SIMILAR, MAX_MEASURE_IMAGES],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return ctx.cache.root / "advice" / f"{digest}.json"
+
+
+def _measure_and_decide(ctx, allow_recut: bool = True) -> tuple[Measurement | None, Decision]:
+    """Measure and decide, or reuse the decision remembered for the same inputs (then
+    the measurement is ``None``: its features were cached by the first run)."""
+    import json
+
+    from ..atomic import atomic_write_text
+
+    cfg = ctx.config
+    path = _advice_path(ctx, allow_recut)
+    if path.is_file():
+        try:
+            decision = Decision(**json.loads(path.read_text()))
+            log.info("reusing the measured decision for this data (%s)", path.name)
+            return None, decision
+        except (OSError, ValueError, TypeError):
+            path.unlink(missing_ok=True)
     started = time.perf_counter()
     m = measure_splits(
         ctx.backbone,
@@ -278,6 +313,9 @@ def _measure_and_decide(ctx, allow_recut: bool = True) -> tuple[Measurement, Dec
         allow_recut=allow_recut,
         started=started,
     )
+    if ctx.collective.is_main:  # under torchrun, rank 0 alone writes (docs/distributed.md)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(decision.to_dict()))
     return m, decision
 
 
@@ -297,11 +335,11 @@ def run(ctx):
 def choose_feature_cut(ctx) -> Decision:
     """``feature-extract`` without ``--cut``: the cut is measured, not assumed (R6: for
     data unlike the pretraining data, lower layers transfer better)."""
-    m, d = _measure_and_decide(ctx)
-    probe = m.scores[d.best_cut].linear_probe_accuracy
+    m, d = _measure_and_decide(ctx, allow_recut=True)
+    probe = d.scores[d.best_cut]["linear_probe_accuracy"]
     reason = (
         f"feature extraction was asked for; the cut is measured: {d.best_cut} has the "
-        f"best cross-validated linear probe ({probe:.3f}) of {len(m.scores)} cuts."
+        f"best cross-validated linear probe ({probe:.3f}) of {len(d.scores)} cuts."
     )
     if d.image_size != ctx.backbone.input_size[1] and ctx.config.image_size is None:
         reason += (
@@ -316,7 +354,7 @@ def choose_feature_cut(ctx) -> Decision:
     return fe
 
 
-def apply_decision(ctx, m: Measurement, decision: Decision) -> None:
+def apply_decision(ctx, m: Measurement | None, decision: Decision) -> None:
     """Re-cut the backbone and resolve the config as decided; the measuring pass doubles
     as feature extraction: its features at the chosen cut seed the cache, so the
     backbone does not run over the same images twice."""
@@ -332,7 +370,7 @@ def apply_decision(ctx, m: Measurement, decision: Decision) -> None:
         cut=ctx.backbone.cut,
     )
     representation = representation_for(ctx.config.head.pooling)
-    if representation == "avg":
+    if representation == "avg" and m is not None:
         ctx.cache.put(
             ctx.backbone,
             [e.digest for e in m.examples],
