@@ -1,0 +1,224 @@
+"""Issue 8 benchmark: cold vs warm feature cache for ``fit --strategy feature-extract``.
+
+On a Fashion-MNIST demo dataset (train + test PNGs), in one run:
+
+  - cli: ``transferkit fit DATA --out RUN --strategy feature-extract --image-size S
+    --cache-dir X`` as a subprocess, wall time of the whole command (Python start-up
+    and imports included: what a user waits for). Cold: X and the transferkit cache
+    root (scan verdicts) are fresh folders. Warm: the same command again with the same
+    X and cache root, into a new run folder (``--warm-runs`` times, median).
+  - api: ``TransferClassifier(strategy="feature-extract", image_size=S,
+    cache_dir=Y).fit(DATA, run_dir=...)`` in this process, timing only ``fit`` (after
+    a throw-away fit on a tiny dataset has paid the one-off imports), cold then warm.
+
+Variants: ``measured_cut`` is the command above as written (no ``--cut``:
+feature-extract measures the best cut with a pass of the training images through the
+backbone, every run); ``fixed_cut`` adds ``--cut C`` with the cut the measured run
+chose, so no measuring pass runs; api only, ``fixed_cut_no_run_dir`` also leaves out
+``run_dir`` (no run folder, plots or HTML report written): the cache and the head.
+
+The baseline is the cold run; ``cold_over_warm`` is how many times faster warm is
+(target: >= 20). Each warm run must have been served every feature from the cache,
+extracting none (checked).
+Prints JSON (and writes it with --out).
+
+    .venv/bin/python bench/cache.py --out bench/results/cache.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def transferkit_command() -> list[str]:
+    exe = Path(sys.executable).with_name("transferkit")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "transferkit"]
+
+
+def cli_fit(data: Path, out: Path, cache: Path, root: Path, image_size: int, cut=None) -> dict:
+    cmd = [
+        *transferkit_command(),
+        "fit",
+        str(data),
+        "--out",
+        str(out),
+        "--strategy",
+        "feature-extract",
+        "--image-size",
+        str(image_size),
+        "--cache-dir",
+        str(cache),
+        "--json",
+        *(["--cut", cut] if cut else []),
+    ]
+    env = dict(os.environ, TRANSFERKIT_CACHE_DIR=str(root), TRANSFERKIT_PROGRESS="0")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    metrics = json.loads(proc.stdout)
+    return _summary(metrics, seconds)
+
+
+def api_fit(data: Path, out: Path | None, cache: Path, image_size: int, cut=None) -> dict:
+    from transferkit.estimator import TransferClassifier
+
+    clf = TransferClassifier(
+        strategy="feature-extract", image_size=image_size, cache_dir=str(cache), cut=cut
+    )
+    start = time.perf_counter()
+    clf.fit(data, run_dir=out)
+    return _summary(clf.metrics_, time.perf_counter() - start)
+
+
+def _summary(metrics: dict, seconds: float) -> dict:
+    return {
+        "seconds": seconds,
+        "feature_cache": metrics["feature_cache"],
+        "test_accuracy": metrics.get("test_accuracy"),
+        "cut": metrics["cut"],
+        "cut_measuring_seconds": (metrics.get("decision") or {}).get("seconds"),
+        "head_seconds": sum(p["seconds"] for p in metrics["phases"]),
+    }
+
+
+def cold_warm(run, warm_runs: int) -> dict:
+    """``run(i)`` fits once; the first call is cold, the next ``warm_runs`` warm."""
+    cold = run(0)
+    warm = [run(i + 1) for i in range(warm_runs)]
+    asked = cold["feature_cache"]["hits"] + cold["feature_cache"]["extracted"]
+    for w in warm:
+        if w["feature_cache"]["extracted"] != 0 or w["feature_cache"]["hits"] != asked:
+            raise RuntimeError(f"a warm run was not served from the cache: {w}")
+    warm_s = statistics.median(w["seconds"] for w in warm)
+    return {
+        "cold": cold,
+        "warm": warm,
+        "cold_seconds": round(cold["seconds"], 3),
+        "warm_seconds_median": round(warm_s, 3),
+        "cold_over_warm": round(cold["seconds"] / warm_s, 2),
+    }
+
+
+def variant_command(mode: str, image_size: int, cut: str | None, save: bool = True) -> str:
+    extra = f" --cut {cut}" if cut else ""
+    if mode == "cli":
+        return (
+            f"transferkit fit DATA --out RUN --strategy feature-extract "
+            f"--image-size {image_size} --cache-dir X{extra}"
+        )
+    arg = f", cut={cut!r}" if cut else ""
+    return (
+        f"TransferClassifier(strategy='feature-extract', image_size={image_size}, "
+        f"cache_dir=X{arg}).fit(DATA{', run_dir=RUN' if save else ''})"
+    )
+
+
+def git_state() -> str | None:
+    """The commit measured, with "+dirty" when tracked files differ from it."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], capture_output=True, text=True, check=False).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src").strip()
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--test", type=int, default=2000)
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--warm-runs", type=int, default=3)
+    p.add_argument("--modes", default="cli,api", help="cli, api or both (comma-separated)")
+    p.add_argument("--out", help="also write the JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    load_start = round(os.getloadavg()[0], 2)
+    work = Path(tempfile.mkdtemp(prefix="tk-cache-bench-"))
+    os.environ["TRANSFERKIT_CACHE_DIR"] = str(work / "api-root")
+    os.environ["TRANSFERKIT_PROGRESS"] = "0"
+    import torch
+
+    from transferkit.data import write_dataset
+
+    data = work / "data"
+    write_dataset("fashion-mnist", data, per_class=args.per_class, test=args.test, seed=0)
+    modes = args.modes.split(",")
+    results = {}
+    if "api" in modes:  # pays the one-off imports before anything is timed in-process
+        tiny = work / "tiny"
+        write_dataset("fashion-mnist", tiny, per_class=3, test=10, seed=1)
+        api_fit(tiny, work / "api-warmup", work / "api-warmup-features", args.image_size)
+    variants = {
+        "cli": ("measured_cut", "fixed_cut"),
+        "api": ("measured_cut", "fixed_cut", "fixed_cut_no_run_dir"),
+    }
+    for mode in ("cli", "api"):
+        if mode not in modes:
+            continue
+        cut = None
+        for variant in variants[mode]:
+            tag = f"{mode}-{variant}"
+            save = variant != "fixed_cut_no_run_dir"
+
+            def run(i, tag=tag, cut=cut, mode=mode, save=save):
+                out, features = work / f"{tag}-run-{i}", work / f"{tag}-features"
+                if mode == "cli":
+                    return cli_fit(data, out, features, work / f"{tag}-root", args.image_size, cut)
+                return api_fit(data, out if save else None, features, args.image_size, cut)
+
+            os.environ["TRANSFERKIT_CACHE_DIR"] = str(work / f"{tag}-root")  # api: fresh scan
+            results[tag] = cold_warm(run, args.warm_runs)
+            results[tag]["command"] = variant_command(mode, args.image_size, cut, save)
+            print(json.dumps({tag: results[tag]["cold_over_warm"]}), file=sys.stderr)
+            cut = results[tag]["cold"]["cut"]  # fixed_cut: the cut the measured run chose
+    summary = {
+        "benchmark": "cache",
+        "transferkit_commit": git_state(),
+        "command": " ".join(
+            [
+                os.path.relpath(sys.executable),
+                "bench/cache.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
+        "data": {"dataset": "fashion-mnist", "per_class": args.per_class, "test": args.test},
+        "image_size": args.image_size,
+        "backbone": "efficientnet_lite0",
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+        },
+        "results": results,
+        "target_cold_over_warm": 20,
+        "target_met": {m: bool(r["cold_over_warm"] >= 20) for m, r in results.items()},
+    }
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
