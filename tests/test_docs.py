@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from helpers import make_image_folder
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
