@@ -250,6 +250,7 @@ def run_keras_recipe(splits, args) -> dict:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=lr, eps=1e-7)  # Keras Adam defaults
         for _ in range(epochs):
+            started = time.perf_counter()
             train_loss, _ = _keras_epoch(model, train_loader, optimizer)
             val_loss, val_acc = _keras_epoch(model, val_loader)
             history.append(
@@ -258,11 +259,16 @@ def run_keras_recipe(splits, args) -> dict:
                     "train_loss": train_loss,
                     "val_loss": val_loss,
                     "val_accuracy": val_acc,
+                    "seconds": time.perf_counter() - started,
                 }
             )
     test_loader = create_loader(ImageDataset(splits.test, tf), batch_size=bs)
     _, test_acc = _keras_epoch(model, test_loader)
     seconds = time.perf_counter() - t0
+    phase_seconds = {
+        phase: sum(h["seconds"] for h in history if h["phase"] == phase)
+        for phase in ("frozen", "unfrozen")
+    }
     return {
         "test_accuracy": test_acc,
         "val_accuracy": history[-1]["val_accuracy"] if history else None,
@@ -272,6 +278,7 @@ def run_keras_recipe(splits, args) -> dict:
         f"{frozen_epochs} epochs Adam 1e-3 frozen, {unfrozen_epochs} epochs Adam 1e-5 "
         f"all unfrozen, BN inference mode, batch {args.keras_batch_size}, last epoch kept",
         "epochs": {"frozen": frozen_epochs, "unfrozen": unfrozen_epochs},
+        "phase_seconds": phase_seconds,
     }
 
 
