@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import git_state
+
 
 def transferkit_command() -> list[str]:
     exe = Path(sys.executable).with_name("transferkit")
@@ -122,18 +124,6 @@ def variant_command(mode: str, image_size: int, cut: str | None, save: bool = Tr
         f"TransferClassifier(strategy='feature-extract', image_size={image_size}, "
         f"cache_dir=X{arg}).fit(DATA{', run_dir=RUN' if save else ''})"
     )
-
-
-def git_state() -> str | None:
-    """The commit measured, with "+dirty" when tracked files differ from it."""
-    import subprocess
-
-    def git(*a):
-        return subprocess.run(["git", *a], capture_output=True, text=True, check=False).stdout
-
-    head = git("rev-parse", "--short", "HEAD").strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src").strip()
-    return (head + ("+dirty" if dirty else "")) or None
 
 
 def parse_args(argv=None):

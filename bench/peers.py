@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import git_state
 from torch import nn
 from torchvision import transforms as T
 
@@ -283,18 +284,6 @@ def run_keras_recipe(splits, args) -> dict:
 
 
 # ------------------------------------------------------------------------ main
-
-
-def git_state() -> str | None:
-    """The commit measured, with "+dirty" when tracked files differ from it."""
-    import subprocess
-
-    def git(*a):
-        return subprocess.run(["git", *a], capture_output=True, text=True, check=False).stdout
-
-    head = git("rev-parse", "--short", "HEAD").strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src").strip()
-    return (head + ("+dirty" if dirty else "")) or None
 
 
 def parse_args(argv=None):

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import git_state
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -113,18 +114,6 @@ def pipeline_ips(backbone, dataset, digests, cache_dir: Path, args, device) -> f
     if cache.stats.extracted != len(set(digests)) or len(feats) != len(digests):
         raise RuntimeError(f"expected a cold extraction, got {cache.stats}")
     return len(digests) / seconds
-
-
-def git_state() -> str | None:
-    """The commit measured, with "+dirty" when tracked files differ from it."""
-    import subprocess
-
-    def git(*a):
-        return subprocess.run(["git", *a], capture_output=True, text=True, check=False).stdout
-
-    head = git("rev-parse", "--short", "HEAD").strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src").strip()
-    return (head + ("+dirty" if dirty else "")) or None
 
 
 def parse_args(argv=None):
