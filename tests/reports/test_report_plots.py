@@ -98,3 +98,14 @@ def test_plot_per_class_with_absent_class():
     probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
     metrics = compute_metrics(probs, np.array([0, 1, 1]), HOSTILE[:3])
     open_png(plot_per_class(metrics))
+
+
+def test_plot_mistakes_draws_each_image_in_its_cell():
+    colors = ["red", "lime", "blue"]
+    images = [Image.new("RGB", (10, 10), c) for c in colors]
+    image = open_png(plot_mistakes(images, ["a"] * 3, ["b"] * 3, [0.9, 0.8, 0.7]))
+    assert image.mode == "RGB" and image.size == (3 * 230, 270)
+    pixels = np.asarray(image)
+    for i, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        cell = pixels[100:200, i * 230 + 20 : i * 230 + 210].reshape(-1, 3)
+        assert (cell == rgb).all(axis=1).mean() > 0.95  # scaled up to fill the cell
