@@ -311,11 +311,13 @@ def test_group_collective_round_trips_in_a_one_process_gloo_group(tmp_path, monk
 # --------------------------------------------------------------------- GPU path on CPU
 
 
-def test_cpu_default_is_the_plain_float32_path():
+def test_cpu_default_is_float32_eager_in_nhwc():
+    # NHWC because oneDNN's convolutions are faster in it (compute.create_compute)
     c = create_compute(torch.device("cpu"), "auto", False)
-    assert c == Compute(torch.device("cpu"), "fp32", channels_last=False, compile=False)
+    assert c == Compute(torch.device("cpu"), "fp32", channels_last=True, compile=False)
     x = torch.ones(2, 3, 4, 4)
-    assert c.to_device(x).is_contiguous()
+    assert c.to_device(x).is_contiguous(memory_format=torch.channels_last)
+    assert c.to_device(torch.ones(2, 3)).is_contiguous()  # only image batches
     with c.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 

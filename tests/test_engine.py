@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from transferkit.checkpoints import Checkpointer
+from transferkit.atomic import save_tensors
+from transferkit.checkpoints import (
+    Checkpointer,
+    join_optimizer_state,
+    load_optimizer_state,
+    split_optimizer_state,
+)
 from transferkit.engine import EarlyStopping, PhaseConfig, TrainingInterrupted, run_phase
 from transferkit.freezing import create_optimizer
 
@@ -104,3 +110,52 @@ def test_accuracy_monitor_prefers_accuracy_then_loss():
     assert s.step(1.3, 3, 0.6)  # higher accuracy wins despite higher loss
     assert s.step(1.1, 4, 0.6)  # same accuracy, lower loss
     assert s.best_epoch == 4 and s.best_accuracy == 0.6
+
+
+def test_optimizer_uses_the_fused_adam_kernel_by_default():
+    opt = create_optimizer(nn.Linear(3, 2), lr=1e-3)
+    assert opt.defaults["fused"] is True
+    assert create_optimizer(nn.Linear(3, 2), lr=1e-3, foreach=True).defaults["fused"] in (
+        None,
+        False,
+    )
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_resumed_optimizer_matches_an_uninterrupted_one_for_nhwc_weights(tmp_path, fused):
+    """Adam state saved through safetensors comes back contiguous; a channels_last
+    weight must get channels_last moments back, or the fused kernel scrambles them."""
+    from safetensors.torch import load_file
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+
+    xs = torch.randn(6, 2, 3, 5, 5)
+
+    def step(m, opt, i):
+        opt.zero_grad()
+        m(xs[i]).pow(2).mean().backward()
+        opt.step()
+
+    m = model()
+    opt = create_optimizer(m, lr=1e-2, fused=fused)
+    for i in range(6):
+        step(m, opt, i)
+    want = m.weight.detach().clone()
+    m = model()
+    opt = create_optimizer(m, lr=1e-2, fused=fused)
+    for i in range(3):
+        step(m, opt, i)
+    tensors, plain = split_optimizer_state(opt.state_dict())
+    save_tensors(tmp_path / "optim.safetensors", tensors)
+    weights = {k: v.clone() for k, v in m.state_dict().items()}
+    m2 = model()
+    m2.load_state_dict(weights)
+    opt2 = create_optimizer(m2, lr=1e-2, fused=fused)
+    load_optimizer_state(
+        opt2, join_optimizer_state(load_file(str(tmp_path / "optim.safetensors")), plain)
+    )
+    for i in range(3, 6):
+        step(m2, opt2, i)
+    assert torch.equal(m2.weight.detach(), want)

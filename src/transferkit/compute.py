@@ -76,7 +76,7 @@ class Compute:
         precision: ``"fp32"`` or ``"bf16"`` (autocast of forward passes; weights,
             gradients and optimizer state stay float32, so no loss scaling is needed).
         channels_last: NHWC memory layout for conv nets and image batches (faster
-            convolutions on tensor-core GPUs).
+            convolutions on tensor-core GPUs and with oneDNN on CPUs).
         compile: wrap modules in ``torch.compile`` for fine-tuning and extraction.
     """
 
@@ -121,17 +121,35 @@ def as_compute(device) -> Compute:
 def create_compute(device: torch.device, precision: str = "auto", compile: bool = False) -> Compute:
     """Resolve the settings for ``device``. On CUDA this also turns on cuDNN autotuning
     (``cudnn.benchmark``): image batches have fixed shapes, so the fastest convolution
-    algorithm is searched once and reused."""
-    cuda = device.type == "cuda"
-    if cuda:
+    algorithm is searched once and reused.
+
+    channels_last is on for CPUs too: oneDNN's convolutions are faster in NHWC.
+    Measured on 2 AMD EPYC cores (torch 2.14, batch 32, 96 px; fine-tuning step with
+    BN frozen / forward): efficientnet_lite0 0.186 s vs 0.275 s / 0.038 s vs 0.050 s,
+    at 224 px (batch 16) 0.525 vs 0.753 / 0.072 vs 0.215; resnet50 0.587 vs 0.676 /
+    0.152 vs 0.181; mobilenetv3 0.126 vs 0.188. The outputs differ by float rounding
+    only (largest difference 2e-7 on resnet50's logits)."""
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return Compute(
         device=device,
         precision=resolve_precision(precision, device),
-        channels_last=cuda,
+        channels_last=device.type in ("cuda", "cpu"),
         compile=bool(compile),
     )
 
 
 def _has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def uses_channels_last(model: nn.Module) -> bool:
+    """True when ``model``'s convolutions hold NHWC weights (``Compute.prepare`` made
+    them so): code that feeds it batches without a :class:`Compute` should make the
+    batches NHWC too, or every convolution converts them back and forth."""
+    return any(
+        isinstance(m, nn.Conv2d)
+        and m.weight.is_contiguous(memory_format=torch.channels_last)
+        and not m.weight.is_contiguous()
+        for m in model.modules()
+    )

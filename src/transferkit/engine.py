@@ -24,7 +24,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .checkpoints import Checkpointer, join_optimizer_state, split_optimizer_state
+from .checkpoints import (
+    Checkpointer,
+    join_optimizer_state,
+    load_optimizer_state,
+    split_optimizer_state,
+)
 from .compute import Compute, as_compute
 from .distributed import SINGLE, Collective
 from .errors import TransferkitError
@@ -221,7 +226,7 @@ def _restore(checkpointer, collective, name, model, optimizer, scheduler):
     sched = collective.broadcast_json(sched)
     doc = collective.broadcast_json(asdict(state) if state is not None else None)
     if not collective.is_main:
-        optimizer.load_state_dict(join_optimizer_state(opt_tensors, opt_plain))
+        load_optimizer_state(optimizer, join_optimizer_state(opt_tensors, opt_plain))
         scheduler.load_state_dict({**scheduler.state_dict(), **sched})
         state = PhaseState(**doc)
     return state, best

@@ -290,6 +290,8 @@ def create_optimizer(
         {"params": [p for p in c if p.requires_grad], "lr": group_lr, "name": name}
         for (name, _, group_lr), c in zip(specs, candidates, strict=True)
     ]
+    if _can_fuse(optimizer, kwargs, [p for c in candidates for p in c]):
+        kwargs["fused"] = True
     opt = optimizer(param_groups, lr=lr, **kwargs)
 
     def sync(opt: torch.optim.Optimizer, _args, _kwargs) -> None:
@@ -299,3 +301,17 @@ def create_optimizer(
     opt.register_step_pre_hook(sync)
     opt._transferkit_sync = lambda: sync(opt, (), {})  # callable by engines before zero_grad
     return opt
+
+
+def _can_fuse(optimizer, kwargs: dict, params: list[torch.Tensor]) -> bool:
+    """Adam/AdamW's fused kernel, unless the caller chose an implementation. On a CPU
+    the default is the per-tensor loop: for efficientnet_lite0's 4.7 M parameters a
+    step took 13 ms that way, 2.3 ms fused (2 cores, torch 2.14) — 0.3 s an epoch of
+    fine-tuning on 800 images. Fusing needs floating-point parameters on CPU or CUDA."""
+    if optimizer not in (torch.optim.Adam, torch.optim.AdamW):
+        return False
+    if {"fused", "foreach", "differentiable", "capturable"} & set(kwargs):
+        return False
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..compute import create_compute
+
 log = logging.getLogger("transferkit")
 
 SMALL_PER_CLASS = 30  # below this many training images per class, do not fine-tune
@@ -112,7 +114,7 @@ def measure(
 
     examples = _sample(examples, seed)
     loader = _eval_loader(backbone, examples, image_size, batch_size, workers, device)
-    backbone.to(device)
+    create_compute(torch.device(device)).prepare(backbone)  # NHWC: faster convolutions
     cuts = [name for name, _ in backbone.blocks]
     feats, bn = measure_per_cut(backbone, loader, cuts)
     labels = np.array([e.label for e in examples])

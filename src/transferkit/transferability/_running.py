@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone
+from ..compute import uses_channels_last
 from ..errors import InputError
 
 
@@ -58,6 +59,7 @@ def run_batches(
     if max_batches is not None and max_batches < 1:
         raise InputError(f"max_batches must be at least 1, got {max_batches}")
     param = next(model.parameters(), None)
+    nhwc = uses_channels_last(model)
     forward = forward or model
     count = 0
     with inference(model):
@@ -67,6 +69,8 @@ def run_batches(
             x = images_of(batch)
             if param is not None:
                 x = x.to(param.device, param.dtype if x.is_floating_point() else None)
+            if nhwc and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             forward(x)
             count += 1
     if count == 0:
