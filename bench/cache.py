@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -112,6 +113,27 @@ def cold_warm(run, warm_runs: int) -> dict:
     }
 
 
+class LoadSampler:
+    """The 1-minute load average every ``every`` seconds, in a daemon thread: on a
+    shared machine it tells a quiet run from one that competed with other jobs."""
+
+    def __init__(self, every: float = 10.0):
+        self.samples = [round(os.getloadavg()[0], 2)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.samples.append(round(os.getloadavg()[0], 2))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self.samples.append(round(os.getloadavg()[0], 2))
+        s = self.samples
+        return {"start": s[0], "end": s[-1], "max": max(s), "every_10s": s}
+
+
 def variant_command(mode: str, image_size: int, cut: str | None, save: bool = True) -> str:
     extra = f" --cut {cut}" if cut else ""
     if mode == "cli":
@@ -139,7 +161,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    load_start = round(os.getloadavg()[0], 2)
+    load = LoadSampler()
     work = Path(tempfile.mkdtemp(prefix="tk-cache-bench-"))
     os.environ["TRANSFERKIT_CACHE_DIR"] = str(work / "api-root")
     os.environ["TRANSFERKIT_PROGRESS"] = "0"
@@ -174,7 +196,9 @@ def main(argv=None) -> int:
                 return api_fit(data, out if save else None, features, args.image_size, cut)
 
             os.environ["TRANSFERKIT_CACHE_DIR"] = str(work / f"{tag}-root")  # api: fresh scan
+            load_before = round(os.getloadavg()[0], 2)
             results[tag] = cold_warm(run, args.warm_runs)
+            results[tag]["load_average_1min"] = [load_before, round(os.getloadavg()[0], 2)]
             results[tag]["command"] = variant_command(mode, args.image_size, cut, save)
             print(json.dumps({tag: results[tag]["cold_over_warm"]}), file=sys.stderr)
             cut = results[tag]["cold"]["cut"]  # fixed_cut: the cut the measured run chose
@@ -195,7 +219,8 @@ def main(argv=None) -> int:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+            "load_average_1min": load.stop(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         },
         "results": results,
         "target_cold_over_warm": 20,
