@@ -27,7 +27,6 @@ photos (is decoding the bottleneck?) and stays as it is.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -39,19 +38,10 @@ from pathlib import Path
 import torch
 from _common import git_state
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def loader_ips(dataset, batch_size: int, workers: int | None, device: torch.device) -> float:
@@ -67,15 +57,18 @@ def loader_ips(dataset, batch_size: int, workers: int | None, device: torch.devi
     return len(dataset) / (time.perf_counter() - start)
 
 
-def bare_forward_ips(backbone, shape, n_images: int, batch_size: int, device, precision) -> float:
-    """Backbone alone: the same batches the pipeline runs, from random tensors."""
+def bare_forward_ips(backbone, shape, n_images: int, batch_size: int, compute) -> float:
+    """Backbone alone: the same batches the pipeline runs, from random tensors, with
+    the same compute settings (precision, memory layout) as ``fit``."""
     from transferkit.features import pool_features
 
+    device = compute.device
     shape = (batch_size, *shape)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    compute.prepare(backbone)
+    x = compute.to_device(torch.randn(shape, generator=torch.Generator().manual_seed(0)))
     last = n_images % batch_size
     sizes = [batch_size] * (n_images // batch_size) + ([last] if last else [])
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode(), compute.autocast():
         for _ in range(2):  # warm-up (kernel selection, allocator)
             backbone.forward_features(x)
         _sync(device)
@@ -86,7 +79,7 @@ def bare_forward_ips(backbone, shape, n_images: int, batch_size: int, device, pr
     return n_images / (time.perf_counter() - start)
 
 
-def pipeline_ips(backbone, dataset, digests, cache_dir: Path, args, device) -> float:
+def pipeline_ips(backbone, dataset, digests, cache_dir: Path, args, compute) -> float:
     """The whole extraction as ``fit`` runs it, into an empty cache."""
     from transferkit.data import create_loader
     from transferkit.features import FeatureCache
@@ -96,19 +89,20 @@ def pipeline_ips(backbone, dataset, digests, cache_dir: Path, args, device) -> f
     def loader_factory(ds, bs):
         return create_loader(ds, batch_size=bs, workers=args.workers, device=device.type)
 
+    device = compute.device
     start = time.perf_counter()
-    with autocast(device, args.precision):
-        feats = cache.get(
-            backbone,
-            dataset,
-            digests,
-            data_config=backbone.data_config,
-            image_size=args.image_size,
-            representation="avg",
-            batch_size=args.batch_size,
-            device=device,
-            loader_factory=loader_factory,
-        )
+    feats = cache.get(
+        backbone,
+        dataset,
+        digests,
+        data_config=backbone.data_config,
+        image_size=args.image_size,
+        representation="avg",
+        batch_size=args.batch_size,
+        device=device,
+        loader_factory=loader_factory,
+        compute=compute,
+    )
     _sync(device)
     seconds = time.perf_counter() - start
     if cache.stats.extracted != len(set(digests)) or len(feats) != len(digests):
@@ -125,7 +119,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, help="loader processes (default: fit's, auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--repeats", type=int, default=5, help="bare/pipeline alternations")
     p.add_argument("--out", help="also write the JSON here")
     return p.parse_args(argv)
@@ -138,6 +132,7 @@ def main(argv=None) -> int:
     os.environ["TRANSFERKIT_CACHE_DIR"] = str(work / "cache")
     os.environ.setdefault("TRANSFERKIT_PROGRESS", "0")
     from transferkit.backbones import create_backbone
+    from transferkit.compute import create_compute
     from transferkit.data import (
         ImageDataset,
         create_transform,
@@ -152,12 +147,16 @@ def main(argv=None) -> int:
     write_dataset("fashion-mnist", work / "data", per_class=args.per_class, test=args.test, seed=0)
     splits = load_data(work / "data", val_split=0.2, seed=0)
     examples = splits.train + splits.val + splits.test
+    # fit's settings: bf16 autocast if asked, NHWC convolutions (compute.create_compute)
+    compute = create_compute(device, args.precision)
     backbone = create_backbone(args.backbone).eval().to(device)
     tf = create_transform(backbone.data_config, train=False, image_size=args.image_size)
     dataset = ImageDataset(examples, tf, channels=backbone.input_size[0])
     digests = [e.digest for e in examples]
     workers = (
-        default_workers(len(dataset), args.batch_size) if args.workers is None else args.workers
+        default_workers(len(dataset), args.batch_size, device)
+        if args.workers is None
+        else args.workers
     )
 
     loader = {
@@ -168,15 +167,10 @@ def main(argv=None) -> int:
     for i in range(args.repeats):
         bare.append(
             bare_forward_ips(
-                backbone,
-                tf.config["input_size"],
-                len(dataset),
-                args.batch_size,
-                device,
-                args.precision,
+                backbone, tf.config["input_size"], len(dataset), args.batch_size, compute
             )
         )
-        pipe.append(pipeline_ips(backbone, dataset, digests, work / f"features-{i}", args, device))
+        pipe.append(pipeline_ips(backbone, dataset, digests, work / f"features-{i}", args, compute))
         print(
             json.dumps(
                 {"repeat": i, "bare_forward": round(bare[-1], 1), "pipeline": round(pipe[-1], 1)}
