@@ -134,8 +134,12 @@ def _evidence(s, z, outside, n, d, alpha, beta):
     res = ((s * m - z) ** 2).sum(0) + outside
     gamma = (beta * s2 / denom).sum(0)
     log_det_a = np.log(denom).sum(0) + (d - s.shape[0]) * np.log(alpha)
+    # beta = 0 when the features fit the targets exactly (gamma reached n: fewer
+    # examples than feature dimensions): no evidence at all, -inf, not a warning.
+    with np.errstate(divide="ignore"):
+        log_beta = np.log(beta)
     evidence = (
-        n / 2 * np.log(beta)
+        n / 2 * log_beta
         + d / 2 * np.log(alpha)
         - n / 2 * math.log(2 * math.pi)
         - beta / 2 * res
