@@ -27,7 +27,7 @@ from torch import nn
 from . import distributed
 from .backbones import create_backbone
 from .checkpoints import Checkpointer
-from .compute import create_compute, resolve_device
+from .compute import create_compute, nhwc_input, resolve_device
 from .config import FitConfig
 from .engine import evaluate
 from .errors import InputError
@@ -242,7 +242,8 @@ class TransferClassifier:
                 transform(_as_image(img, channels, open_image))
                 for img in images[i : i + batch_size]
             ]
-            out.append(self.model_.predict_proba(torch.stack(batch).to(device)).cpu())
+            x = nhwc_input(torch.stack(batch).to(device))
+            out.append(self.model_.predict_proba(x).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes_)))
 
     def predict(self, images: Sequence, batch_size: int = 64) -> list[str]:

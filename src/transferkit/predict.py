@@ -344,6 +344,7 @@ def transform_from(preprocessing: dict):
 def _run_predictor(run: Path, device: str, batch_size: int, backbone) -> Predictor:
     import torch
 
+    from .compute import nhwc_input
     from .estimator import resolve_device
     from .runs import load_run
 
@@ -353,7 +354,7 @@ def _run_predictor(run: Path, device: str, batch_size: int, backbone) -> Predict
 
     def logits_fn(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(x).to(dev)).float().cpu().numpy()
+            return model(nhwc_input(torch.from_numpy(x).to(dev))).float().cpu().numpy()
 
     return Predictor(
         classes=list(loaded.classes),
