@@ -241,3 +241,27 @@ def test_fine_tune_lr_must_be_gentle():
         FitConfig(lr=1e-3, fine_tune_lr=1e-3).validate()
     # a feature extractor never fine-tunes: its head LR is free
     FitConfig(strategy="feature-extract", lr=1e-4, fine_tune_lr=1e-4).validate()
+
+
+def test_fit_leaves_the_garbage_collector_as_it_found_it(tmp_path, data):
+    """fit freezes the objects that existed before it (torch's: nothing to collect)
+    while it runs, and unfreezes them after; an outside freeze is left alone."""
+    import gc
+
+    seen = []
+    clf = TransferClassifier(
+        "resnet18", "feature-extract", weights="none", **FAST, cache_dir=str(tmp_path)
+    )
+    clf.on_epoch_end = lambda phase, epoch: seen.append(gc.get_freeze_count())
+    gc.unfreeze()
+    clf.fit(data)
+    assert seen and min(seen) > 0  # frozen during the fit
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        clf.fit(data)
+        # still frozen (objects that died meanwhile left the frozen set)
+        assert gc.get_freeze_count() > before // 2
+    finally:
+        gc.unfreeze()
