@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
+
+from _common import git_state
 
 from transferkit.data import write_dataset
 from transferkit.estimator import TransferClassifier
@@ -65,7 +68,13 @@ def main() -> None:
             "decision": (m.get("decision") or {}).get("reason"),
         }
         print(json.dumps({name: results[name]}), flush=True)
-    summary = {"config": vars(args), "results": results}
+    summary = {
+        "benchmark": "strategies",
+        "transferkit_commit": git_state(),
+        "load_average_1min_end": round(os.getloadavg()[0], 2),
+        "config": vars(args),
+        "results": results,
+    }
     others = [r for n, r in results.items() if n != "auto"]
     if "auto" in results and others:
         best = max(r["test_accuracy"] for r in others)
