@@ -265,3 +265,27 @@ def test_fit_leaves_the_garbage_collector_as_it_found_it(tmp_path, data):
         assert gc.get_freeze_count() > before // 2
     finally:
         gc.unfreeze()
+
+
+def test_fine_tuning_builds_its_loaders_once_per_phase(tmp_path, data, monkeypatch):
+    """Loader worker processes must start once per phase, not once per epoch."""
+    from transferkit.strategies import common
+
+    built = []
+    real = common.make_loader
+
+    def counting(ctx, dataset, **kw):
+        built.append(kw.get("shuffle"))
+        return real(ctx, dataset, **kw)
+
+    monkeypatch.setattr(common, "make_loader", counting)
+    clf = TransferClassifier(
+        "resnet18",
+        "fine-tune",
+        weights="none",
+        **{**FAST, "fine_tune_epochs": 3, "fine_tune_patience": 3},
+        cache_dir=str(tmp_path),
+    )
+    clf.fit(data)
+    assert clf.metrics_["phases"][1]["epochs_run"] == 3
+    assert built.count(True) == 1  # the training loader
