@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import git_state
+from _common import command_line, emit, git_state
 
 
 def transferkit_command() -> list[str]:
@@ -205,13 +205,7 @@ def main(argv=None) -> int:
     summary = {
         "benchmark": "cache",
         "transferkit_commit": git_state(),
-        "command": " ".join(
-            [
-                os.path.relpath(sys.executable),
-                "bench/cache.py",
-                *(sys.argv[1:] if argv is None else argv),
-            ]
-        ),
+        "command": command_line("bench/cache.py", argv),
         "data": {"dataset": "fashion-mnist", "per_class": args.per_class, "test": args.test},
         "image_size": args.image_size,
         "backbone": "efficientnet_lite0",
@@ -226,11 +220,7 @@ def main(argv=None) -> int:
         "target_cold_over_warm": 20,
         "target_met": {m: bool(r["cold_over_warm"] >= 20) for m, r in results.items()},
     }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(summary, args.out)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import git_state
+from _common import command_line, emit, git_state
 
 
 def transferkit_epochs(data: Path, work: Path, args) -> list[float]:
@@ -119,13 +119,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "fine_tune_epoch",
         "transferkit_commit": git_state(),
-        "command": " ".join(
-            [
-                os.path.relpath(sys.executable),
-                "bench/fine_tune_epoch.py",
-                *(sys.argv[1:] if argv is None else argv),
-            ]
-        ),
+        "command": command_line("bench/fine_tune_epoch.py", argv),
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "train_images": len(splits.train),
         "val_images": len(splits.val),
@@ -136,11 +130,7 @@ def main(argv=None) -> int:
         "median_epoch_seconds": {k: round(v, 3) for k, v in medians.items()},
         "transferkit_over_plain": round(medians["transferkit"] / medians["plain"], 3),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import git_state
+from _common import command_line, emit, git_state
 from torch import nn
 from torchvision import transforms as T
 
@@ -374,13 +374,7 @@ def main(argv=None) -> int:
     summary = {
         "benchmark": "peers",
         "transferkit_commit": git_state(),
-        "command": " ".join(
-            [
-                os.path.relpath(sys.executable),
-                "bench/peers.py",
-                *(sys.argv[1:] if argv is None else argv),
-            ]
-        ),
+        "command": command_line("bench/peers.py", argv),
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "only")},
         "data": {
             "dataset": "fashion-mnist",
@@ -394,11 +388,7 @@ def main(argv=None) -> int:
         "results": results,
     }
     summary.update(comparisons(results))
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(summary, args.out)
     return 0
 
 

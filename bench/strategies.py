@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import git_state
+from _common import emit, git_state
 
 from transferkit.data import write_dataset
 from transferkit.estimator import TransferClassifier
@@ -82,11 +82,7 @@ def main() -> None:
         summary["auto_seconds_vs_sum_of_others"] = results["auto"]["seconds"] / sum(
             r["seconds"] for r in others
         )
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    emit(summary, args.out)
 
 
 if __name__ == "__main__":

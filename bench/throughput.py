@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import git_state
+from _common import command_line, emit, git_state
 
 
 def _sync(device: torch.device) -> None:
@@ -186,13 +186,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "throughput",
         "transferkit_commit": git_state(),
-        "command": " ".join(
-            [
-                os.path.relpath(sys.executable),
-                "bench/throughput.py",
-                *(sys.argv[1:] if argv is None else argv),
-            ]
-        ),
+        "command": command_line("bench/throughput.py", argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": args.precision,
         "cpu_count": os.cpu_count(),
@@ -217,11 +211,7 @@ def main(argv=None) -> int:
         "target_pipeline_over_bare_forward": 0.9,
         "target_met": bool(ratio >= 0.9),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 
