@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from PIL import Image
 
+from ..data.images import to_channels
 from ..errors import InputError
 from .history import history_epochs, history_series, phase_change_epoch
 from .metrics import Metrics, overfitting_gap
@@ -162,7 +163,8 @@ def plot_mistakes(
     box_w, box_h = MISTAKE_CELL[0] - 8, row_h - MISTAKE_CAPTION_PX - 6
     for k, (img, t, p, c) in enumerate(zip(images, true, pred, conf, strict=True)):
         r, col = divmod(k, cols)
-        shown = _fit(_opaque(thumbnail(img)), box_w, box_h)
+        # RGB as the figure shows it: pasted pixels bypass a colour map and alpha
+        shown = _fit(to_channels(thumbnail(img), 3), box_w, box_h)
         x = col * MISTAKE_CELL[0] + (MISTAKE_CELL[0] - shown.width) / 2
         top = height - MISTAKE_TITLE_PX - r * row_h - MISTAKE_CAPTION_PX  # from the bottom
         fig.figimage(np.asarray(shown), xo=round(x), yo=round(top - shown.height), origin="upper")
@@ -219,20 +221,12 @@ def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> Image.Image:
     return img
 
 
-def _opaque(image: Image.Image) -> Image.Image:
-    """RGB or L pixels as the figure shows them: transparency blended onto white."""
-    if image.mode != "RGBA":
-        return image
-    white = Image.new("RGBA", image.size, "white")
-    return Image.alpha_composite(white, image).convert("RGB")
-
-
 def _fit(image: Image.Image, width: float, height: float) -> Image.Image:
     """``image`` scaled (nearest neighbour, aspect kept) to fill a ``width`` x ``height``
-    box; grey images become RGB, since pasted pixels bypass a colour map."""
+    box."""
     scale = min(width / image.width, height / image.height)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.convert("RGB").resize(size, Image.Resampling.NEAREST)
+    return image.resize(size, Image.Resampling.NEAREST)
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone
-from ..compute import uses_channels_last
+from ..compute import nhwc_input, uses_channels_last
 from ..errors import InputError
 
 
@@ -69,8 +69,8 @@ def run_batches(
             x = images_of(batch)
             if param is not None:
                 x = x.to(param.device, param.dtype if x.is_floating_point() else None)
-            if nhwc and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if nhwc:
+                x = nhwc_input(x)
             forward(x)
             count += 1
     if count == 0:
