@@ -177,34 +177,48 @@ def _walk(
         walk.skip(folder, f"cannot list folder: {_os_reason(exc)}", _os_kind(exc))
         return
     for entry in entries:
-        try:
-            is_dir = entry.is_dir()  # follows symlinks
-            is_link = entry.is_symlink()
-        except OSError:
-            is_dir, is_link = False, True
-        reason = litter_reason(entry.name, is_dir)
-        if reason:
-            walk.skip(entry.path, reason, "hidden")
-            continue
-        if is_link:
-            try:
-                st = os.stat(entry.path)
-            except OSError as exc:
-                walk.skip(entry.path, _link_reason(exc), "symlink")
-                continue
-            is_dir = stat.S_ISDIR(st.st_mode)
+        is_dir = _entry_is_dir(entry, walk)
         if is_dir:
-            key = _dir_key(entry.path)
-            if key in ancestors:
-                walk.skip(entry.path, "symlink loop: leads back to a folder above it", "symlink")
-            elif key in walk.seen:
-                walk.skip(entry.path, "folder already scanned through another path", "symlink")
-            else:
-                if key is not None:
-                    walk.seen.add(key)
-                _walk(entry.path, label, split, walk, ancestors | {key}, out)
-            continue
-        out.append(Candidate(entry.path, display_path(entry.path, walk.root), label, split))
+            _walk_subfolder(entry.path, label, split, walk, ancestors, out)
+        elif is_dir is not None:
+            out.append(Candidate(entry.path, display_path(entry.path, walk.root), label, split))
+
+
+def _entry_is_dir(entry: os.DirEntry, walk: _Walk) -> bool | None:
+    """Whether ``entry`` is a folder, following symlinks; ``None`` when it is set aside
+    (OS litter, hidden, or a symlink that cannot be followed)."""
+    try:
+        is_dir = entry.is_dir()  # follows symlinks
+        is_link = entry.is_symlink()
+    except OSError:
+        is_dir, is_link = False, True
+    reason = litter_reason(entry.name, is_dir)
+    if reason:
+        walk.skip(entry.path, reason, "hidden")
+        return None
+    if not is_link:
+        return is_dir
+    try:
+        st = os.stat(entry.path)
+    except OSError as exc:
+        walk.skip(entry.path, _link_reason(exc), "symlink")
+        return None
+    return stat.S_ISDIR(st.st_mode)
+
+
+def _walk_subfolder(
+    path: str, label: str, split: str, walk: _Walk, ancestors: frozenset, out: list[Candidate]
+) -> None:
+    """Walk into ``path`` unless it leads back up (a loop) or was already walked."""
+    key = _dir_key(path)
+    if key in ancestors:
+        walk.skip(path, "symlink loop: leads back to a folder above it", "symlink")
+    elif key in walk.seen:
+        walk.skip(path, "folder already scanned through another path", "symlink")
+    else:
+        if key is not None:
+            walk.seen.add(key)
+        _walk(path, label, split, walk, ancestors | {key}, out)
 
 
 def verify_files(

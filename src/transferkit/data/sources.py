@@ -93,20 +93,30 @@ def resolve_folder(root: str) -> RawSource:
     """A folder of class folders, or of ``train/`` [``val/``] [``test/``] split folders."""
     src = RawSource(kind="folder", root=root, classes=[])
     dirs, files = _list_level(root, src)
-    split_dirs = {SPLIT_ALIASES[n.lower()]: n for n in dirs if n.lower() in SPLIT_ALIASES}
-    if "train" not in split_dirs:
-        _skip_loose(root, files, src)
-        _collect(root, dirs, "train", src)
-        src.classes = sorted(dirs)
-        if not dirs:
-            images = sum(1 for f in files if litter_reason(f) is None)
-            src.errors.append(
-                f"no class folders in {root}: expected one sub-folder per class"
-                + (f" (found {images} files directly inside)" if images else "")
-            )
-        return src
-    src.kind = "split-folders"
     _skip_loose(root, files, src)
+    split_dirs = {SPLIT_ALIASES[n.lower()]: n for n in dirs if n.lower() in SPLIT_ALIASES}
+    if "train" in split_dirs:
+        _resolve_split_folders(src, dirs, split_dirs)
+    else:
+        _resolve_class_folders(src, dirs, files)
+    return src
+
+
+def _resolve_class_folders(src: RawSource, dirs: list[str], files: list[str]) -> None:
+    """The root's sub-folders are the classes; every image is for training."""
+    _collect(src.root, dirs, "train", src)
+    src.classes = sorted(dirs)
+    if not dirs:
+        images = sum(1 for f in files if litter_reason(f) is None)
+        src.errors.append(
+            f"no class folders in {src.root}: expected one sub-folder per class"
+            + (f" (found {images} files directly inside)" if images else "")
+        )
+
+
+def _resolve_split_folders(src: RawSource, dirs: list[str], split_dirs: dict[str, str]) -> None:
+    """``train/`` names the classes; ``val/`` and ``test/`` may only use those classes."""
+    src.kind = "split-folders"
     for name in dirs:
         if name.lower() not in SPLIT_ALIASES:
             src.skipped.append(
@@ -116,31 +126,45 @@ def resolve_folder(root: str) -> RawSource:
                     "outside_class",
                 )
             )
+    src.errors += _ambiguous_splits(dirs)
+    for split in ("train", "val", "test"):
+        if split in split_dirs:
+            _resolve_split(src, split, split_dirs[split])
+    if not src.classes:
+        src.errors.append(f"no class folders in {os.path.join(src.root, split_dirs['train'])}")
+
+
+def _ambiguous_splits(dirs: list[str]) -> list[str]:
+    """Errors for a split spelled twice (``val/`` and ``validation/``, say)."""
     aliases = [n for n in dirs if n.lower() in SPLIT_ALIASES]
+    errors = []
     for split in ("train", "val", "test"):
         names = [n for n in aliases if SPLIT_ALIASES[n.lower()] == split]
         if len(names) > 1:
-            src.errors.append(f"ambiguous {split} split: both {names[0]}/ and {names[1]}/ exist")
-    for split in ("train", "val", "test"):
-        if split not in split_dirs:
-            continue
-        folder = os.path.join(root, split_dirs[split])
-        class_dirs, loose = _list_level(folder, src)
-        _skip_loose(folder, loose, src)
-        if split == "train":
-            src.classes = sorted(class_dirs)
-        else:
-            src.splits.add(split)
-            extra = sorted(set(class_dirs) - set(src.classes))
-            if extra:
-                src.errors.append(
-                    f"{split_dirs[split]}/ has class folders that train/ lacks: " + ", ".join(extra)
-                )
-                class_dirs = [d for d in class_dirs if d in src.classes]
-        _collect(folder, class_dirs, split, src)
-    if not src.classes:
-        src.errors.append(f"no class folders in {os.path.join(root, split_dirs['train'])}")
-    return src
+            errors.append(f"ambiguous {split} split: both {names[0]}/ and {names[1]}/ exist")
+    return errors
+
+
+def _resolve_split(src: RawSource, split: str, name: str) -> None:
+    """Collect one split folder ``name`` of class folders."""
+    folder = os.path.join(src.root, name)
+    class_dirs, loose = _list_level(folder, src)
+    _skip_loose(folder, loose, src)
+    if split == "train":
+        src.classes = sorted(class_dirs)
+    else:
+        src.splits.add(split)
+        class_dirs = _train_classes_only(src, name, class_dirs)
+    _collect(folder, class_dirs, split, src)
+
+
+def _train_classes_only(src: RawSource, name: str, class_dirs: list[str]) -> list[str]:
+    """The class folders of split folder ``name`` that train/ has too; others are an error."""
+    extra = sorted(set(class_dirs) - set(src.classes))
+    if not extra:
+        return class_dirs
+    src.errors.append(f"{name}/ has class folders that train/ lacks: " + ", ".join(extra))
+    return [d for d in class_dirs if d in src.classes]
 
 
 def _list_level(folder: str, src: RawSource) -> tuple[list[str], list[str]]:
@@ -214,59 +238,9 @@ def resolve_csv(path: str) -> RawSource:
 
     Relative paths are relative to the CSV's folder. Bad rows are reported, not fatal.
     """
-    root = os.path.dirname(path)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f))
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text; save the CSV as UTF-8") from None
-    except (OSError, csv.Error) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
-    src = RawSource(kind="csv", root=root, classes=[])
-    cols, start = _csv_columns(rows)
+    src = RawSource(kind="csv", root=os.path.dirname(path), classes=[])
     name = os.path.basename(path)
-    first_line: dict[str, int] = {}
-    for lineno, row in enumerate(rows[start:], start=start + 1):
-        if not row or all(not c.strip() for c in row):
-            continue
-        where = f"{name}:{lineno}"
-        cells = [c.strip() for c in row]
-        if (
-            len(cells) <= max(cols["path"], cols["label"])
-            or not cells[cols["path"]]
-            or not cells[cols["label"]]
-        ):
-            src.skipped.append(
-                SkippedFile(where, f"bad row {row!r}: expected path,label", "bad_row")
-            )
-            continue
-        split = "train"
-        if cols.get("split") is not None and len(cells) > cols["split"] and cells[cols["split"]]:
-            split = SPLIT_ALIASES.get(cells[cols["split"]].lower(), "")
-            if not split:
-                src.skipped.append(
-                    SkippedFile(
-                        where,
-                        f"unknown split {cells[cols['split']]!r} (expected train, val or test)",
-                        "bad_row",
-                    )
-                )
-                continue
-        rel, label = cells[cols["path"]], cells[cols["label"]]
-        full = os.path.normpath(os.path.join(root, os.path.expanduser(rel)))
-        if full in first_line:
-            src.skipped.append(
-                SkippedFile(
-                    where,
-                    f"{rel} is listed twice (first on line "
-                    f"{first_line[full]}); the first row is used",
-                    "duplicate_entry",
-                )
-            )
-            continue
-        first_line[full] = lineno
-        src.candidates.append(Candidate(full, rel, label, split))
-        src.splits.add(split)
+    _add_csv_rows(src, _read_csv(path), name)
     train_labels = {c.label for c in src.candidates if c.split == "train"}
     src.classes = sorted(train_labels)
     extra = sorted({c.label for c in src.candidates} - train_labels)
@@ -275,6 +249,68 @@ def resolve_csv(path: str) -> RawSource:
     if not src.candidates:
         src.errors.append(f"{name} lists no usable rows of path,label")
     return src
+
+
+def _read_csv(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; save the CSV as UTF-8") from None
+    except (OSError, csv.Error) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+
+
+def _add_csv_rows(src: RawSource, rows: list[list[str]], name: str) -> None:
+    """Each row of CSV file ``name`` becomes a candidate, or a skipped entry with its reason.
+
+    A file listed twice keeps its first row.
+    """
+    cols, start = _csv_columns(rows)
+    first_line: dict[str, int] = {}
+    for lineno, row in enumerate(rows[start:], start=start + 1):
+        where = f"{name}:{lineno}"
+        entry = _csv_row(row, cols, src.root, where)
+        if isinstance(entry, Candidate) and entry.path in first_line:
+            entry = SkippedFile(
+                where,
+                f"{entry.rel} is listed twice (first on line "
+                f"{first_line[entry.path]}); the first row is used",
+                "duplicate_entry",
+            )
+        if isinstance(entry, SkippedFile):
+            src.skipped.append(entry)
+        elif entry is not None:
+            first_line[entry.path] = lineno
+            src.candidates.append(entry)
+            src.splits.add(entry.split)
+
+
+def _csv_row(
+    row: list[str], cols: dict[str, int | None], root: str, where: str
+) -> Candidate | SkippedFile | None:
+    """One row as a candidate, or why it cannot be one; ``None`` for a blank row."""
+    if not row or all(not c.strip() for c in row):
+        return None
+    cells = [c.strip() for c in row]
+    if (
+        len(cells) <= max(cols["path"], cols["label"])
+        or not cells[cols["path"]]
+        or not cells[cols["label"]]
+    ):
+        return SkippedFile(where, f"bad row {row!r}: expected path,label", "bad_row")
+    split = "train"
+    if cols.get("split") is not None and len(cells) > cols["split"] and cells[cols["split"]]:
+        split = SPLIT_ALIASES.get(cells[cols["split"]].lower(), "")
+        if not split:
+            return SkippedFile(
+                where,
+                f"unknown split {cells[cols['split']]!r} (expected train, val or test)",
+                "bad_row",
+            )
+    rel, label = cells[cols["path"]], cells[cols["label"]]
+    full = os.path.normpath(os.path.join(root, os.path.expanduser(rel)))
+    return Candidate(full, rel, label, split)
 
 
 def _csv_columns(rows: list[list[str]]) -> tuple[dict[str, int | None], int]:
