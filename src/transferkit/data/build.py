@@ -21,7 +21,7 @@ from .report import (
     count_by_class,
     skipped_dicts,
 )
-from .scanning import ScannedFile, ScanOptions, verify_files
+from .scanning import ScannedFile, ScanOptions, ScanResult, SkippedFile, verify_files
 from .sources import RawSource, resolve_source
 from .splits import remove_leaks, split_record, stratified_split
 
@@ -148,6 +148,27 @@ def _build(
     result = verify_files(src.candidates, root=src.root, options=scan or ScanOptions())
     files, leaks = remove_leaks(result.files)
     by_split, record = _split(src, files, val_split, seed)
+    report = _report(
+        src, result, by_split, record, leaks=leaks, image_mode=image_mode, policy=policy
+    )
+    index = {c: i for i, c in enumerate(src.classes)}
+    examples = {s: [_example(f, index) for f in by_split[s]] for s in SPLITS}
+    return DatasetSplits(
+        list(src.classes), examples["train"], examples["val"], examples["test"], report, record
+    )
+
+
+def _report(
+    src: RawSource,
+    result: ScanResult,
+    by_split: dict[str, list[ScannedFile]],
+    record: dict,
+    *,
+    leaks: list[SkippedFile],
+    image_mode: str,
+    policy: DataPolicy | None,
+) -> DataReport:
+    """Judge the files kept in each split, and put everything into the data report."""
     kept = [f for split in SPLITS for f in by_split[split]]
     counts = count_by_class(kept, src.classes)
     errors, warnings = assess(
@@ -164,7 +185,7 @@ def _build(
     skipped = src.skipped + result.skipped + leaks
     if skipped:
         warnings.insert(0, f"{len(skipped)} file(s) or folder(s) not used; each is listed")
-    report = DataReport(
+    return DataReport(
         source={"kind": src.kind, "path": src.root},
         classes=list(src.classes),
         counts=counts,
@@ -177,11 +198,6 @@ def _build(
         scanned=len(src.candidates),
         metadata=src.metadata,
         cache={"hits": result.cache_hits, "misses": result.cache_misses, "path": result.cache_path},
-    )
-    index = {c: i for i, c in enumerate(src.classes)}
-    examples = {s: [_example(f, index) for f in by_split[s]] for s in SPLITS}
-    return DatasetSplits(
-        list(src.classes), examples["train"], examples["val"], examples["test"], report, record
     )
 
 

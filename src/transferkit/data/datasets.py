@@ -83,29 +83,51 @@ def write_dataset(
     existing = _existing(out, wanted)
     if existing is not None:
         return existing
+    train, test_part, classes, source = _select(name, per_class, test, seed)
+    info = WrittenDataset(
+        name, str(out), classes, per_class, test, seed, len(train.idx), len(test_part.idx), source
+    )
+    _save(out, info, train, test_part)
+    return info
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One split to write: the source's images and labels, and the indices chosen."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    idx: np.ndarray
+
+
+def _select(name: str, per_class: int, test: int, seed: int) -> tuple[_Part, _Part, list[str], str]:
+    """(train, test, class names, where the images came from); the seed picks the images.
+
+    Fashion-MNIST has its own test set; digits has one set, so the test images are
+    picked from those not picked for training.
+    """
     if name == "fashion-mnist":
         (train_x, train_y), (test_x, test_y), source = _fashion_mnist()
-        classes = FASHION_MNIST_CLASSES
-        train_idx = _pick(train_y, per_class, seed, "train")
-        test_idx = _pick_total(test_y, test, seed, "test")
-    else:
-        train_x, train_y, source = _digits()
-        test_x, test_y, classes = train_x, train_y, [str(i) for i in range(10)]
-        train_idx = _pick(train_y, per_class, seed, "train")
-        rest = np.setdiff1d(np.arange(len(train_y)), train_idx)
-        test_idx = rest[_pick_total(train_y[rest], test, seed, "test")]
-    info = WrittenDataset(
-        name, str(out), classes, per_class, test, seed, len(train_idx), len(test_idx), source
-    )
+        train = _Part(train_x, train_y, _pick(train_y, per_class, seed, "train"))
+        test_part = _Part(test_x, test_y, _pick_total(test_y, test, seed, "test"))
+        return train, test_part, FASHION_MNIST_CLASSES, source
+    images, labels, source = _digits()
+    train_idx = _pick(labels, per_class, seed, "train")
+    rest = np.setdiff1d(np.arange(len(labels)), train_idx)
+    test_idx = rest[_pick_total(labels[rest], test, seed, "test")]
+    classes = [str(i) for i in range(10)]
+    return _Part(images, labels, train_idx), _Part(images, labels, test_idx), classes, source
+
+
+def _save(out: Path, info: WrittenDataset, train: _Part, test: _Part) -> None:
+    """Write the PNGs, then the metadata file: its presence means the folder is complete."""
     try:
-        _write(out / "train", train_x, train_y, train_idx, classes)
-        if len(test_idx):
-            _write(out / "test", test_x, test_y, test_idx, classes)
-        # Written last: its presence means the folder is complete.
+        _write(out / "train", train, info.classes)
+        if len(test.idx):
+            _write(out / "test", test, info.classes)
         (out / METADATA_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
     except OSError as exc:
         raise InputError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    return info
 
 
 def _existing(out: Path, wanted: dict) -> WrittenDataset | None:
@@ -165,14 +187,13 @@ def _ranked(values: np.ndarray, seed: int, salt: str) -> np.ndarray:
     return values[np.argsort(np.array(keys, dtype="S20"), kind="stable")]
 
 
-def _write(
-    folder: Path, images: np.ndarray, labels: np.ndarray, idx: np.ndarray, classes: list[str]
-) -> None:
+def _write(folder: Path, part: _Part, classes: list[str]) -> None:
     """One PNG per index, named by its index in the source file (stable across runs)."""
     for c in classes:
         (folder / c).mkdir(parents=True, exist_ok=True)
-    for i in idx:
-        Image.fromarray(images[i]).save(folder / classes[int(labels[i])] / f"{int(i):05d}.png")
+    for i in part.idx:
+        image = Image.fromarray(part.images[i])
+        image.save(folder / classes[int(part.labels[i])] / f"{int(i):05d}.png")
 
 
 def _fashion_mnist():

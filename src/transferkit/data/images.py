@@ -114,32 +114,28 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
         return Probe(False, "corrupt", f"truncated or corrupt image: {_describe(exc)}")
     with img:
         w, h = img.size
-        if w * h > max_pixels:
-            return Probe(False, "too_large", _too_large(w, h, max_pixels), w, h, img.mode)
-        try:
-            img.load()
-        except Exception as exc:
-            return Probe(
-                False,
-                "corrupt",
-                f"truncated or corrupt image data: {_describe(exc)}",
-                w,
-                h,
-                img.mode,
-            )
-        orientation = _orientation(img)
-        try:
-            to_channels(img, 3)
-        except Exception as exc:
-            return Probe(
-                False,
-                "unsupported_mode",
-                f"unsupported pixel mode {img.mode!r}: {_describe(exc)}",
-                w,
-                h,
-                img.mode,
-            )
-        return Probe(True, "ok", None, w, h, img.mode, orientation)
+        problem = _decode_problem(img, max_pixels)
+        if problem is not None:
+            kind, reason = problem
+            return Probe(False, kind, reason, w, h, img.mode)
+        return Probe(True, "ok", None, w, h, img.mode, _orientation(img))
+
+
+def _decode_problem(img: Image.Image, max_pixels: int) -> tuple[str, str] | None:
+    """(kind, reason) when the opened ``img`` is too large, does not decode, or has a
+    pixel mode we cannot convert; ``None`` when it is usable. Loads the pixels."""
+    w, h = img.size
+    if w * h > max_pixels:
+        return "too_large", _too_large(w, h, max_pixels)
+    try:
+        img.load()
+    except Exception as exc:
+        return "corrupt", f"truncated or corrupt image data: {_describe(exc)}"
+    try:
+        to_channels(img, 3)
+    except Exception as exc:
+        return "unsupported_mode", f"unsupported pixel mode {img.mode!r}: {_describe(exc)}"
+    return None
 
 
 def open_image(
@@ -167,11 +163,25 @@ def open_image(
     if channels not in (1, 3):
         raise InputError(f"channels must be 1 or 3, got {channels!r}")
     name = os.fsdecode(path)
+    with _open(path, name) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise InputError(f"{name}: {_too_large(w, h, max_pixels)}")
+        try:
+            img.load()
+            upright = upright_image(img)
+            return to_channels(upright, channels)
+        except Exception as exc:
+            raise InputError(f"{name}: truncated or corrupt image: {_describe(exc)}") from None
+
+
+def _open(path: str | os.PathLike, name: str) -> Image.Image:
+    """Open ``path`` (the header only), or raise ``InputError`` saying why it cannot be."""
     try:
         with warnings.catch_warnings():
-            # Over-limit images are refused below; PIL's warning would only repeat it.
+            # Over-limit images are refused later; PIL's warning would only repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            return Image.open(path)
     except FileNotFoundError:
         raise InputError(f"{name}: file not found") from None
     except PermissionError:
@@ -182,16 +192,6 @@ def open_image(
         raise InputError(f"{name}: too large to decode safely ({_bomb(exc)})") from None
     except Exception as exc:
         raise InputError(f"{name}: cannot open: {_describe(exc)}") from None
-    with img:
-        w, h = img.size
-        if w * h > max_pixels:
-            raise InputError(f"{name}: {_too_large(w, h, max_pixels)}")
-        try:
-            img.load()
-            upright = upright_image(img)
-            return to_channels(upright, channels)
-        except Exception as exc:
-            raise InputError(f"{name}: truncated or corrupt image: {_describe(exc)}") from None
 
 
 def upright_image(img: Image.Image) -> Image.Image:

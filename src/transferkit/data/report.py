@@ -149,27 +149,43 @@ def assess(
     policy: DataPolicy,
 ) -> tuple[list[str], list[str]]:
     """(errors, warnings) about the dataset as a whole."""
-    errors, warnings = [], []
     if not classes:
-        return errors, warnings  # the source already said why
+        return [], []  # the source already said why
     fit = {c: counts["train"][c] + counts["val"][c] for c in classes}
-    offered = Counter(c.label for c in candidates if c.split in ("train", "val"))
-    empty = [c for c in classes if fit[c] == 0]
+    errors = _refusals(classes, fit, candidates)
+    if errors:
+        return errors, []
+    warnings = [
+        *_size_warnings(classes, fit, policy),
+        *_coverage_warnings(classes, counts, splits_present),
+        *_duplicate_warnings(files),
+    ]
+    return errors, warnings
+
+
+def _refusals(classes: list[str], fit: dict[str, int], candidates: list[Candidate]) -> list[str]:
+    """Why the data cannot be trained on: a single class, or a class with no usable image."""
+    errors = []
     if len(classes) == 1:
         errors.append(
             f"found only 1 class ({classes[0]!r}); a classifier needs at least 2 class folders"
         )
-    if classes and len(empty) == len(classes):
-        errors.append("no usable images in any class")
-    else:
-        for c in empty:
-            n = offered[c]
-            errors.append(
-                f"class {c!r} has no usable image ("
-                + (f"{n} file{'s' * (n != 1)}, none usable)" if n else "empty folder)")
-            )
-    if errors:
-        return errors, warnings
+    empty = [c for c in classes if fit[c] == 0]
+    if len(empty) == len(classes):
+        return [*errors, "no usable images in any class"]
+    offered = Counter(c.label for c in candidates if c.split in ("train", "val"))
+    for c in empty:
+        n = offered[c]
+        errors.append(
+            f"class {c!r} has no usable image ("
+            + (f"{n} file{'s' * (n != 1)}, none usable)" if n else "empty folder)")
+        )
+    return errors
+
+
+def _size_warnings(classes: list[str], fit: dict[str, int], policy: DataPolicy) -> list[str]:
+    """Classes with few images (train + val), and strong imbalance between classes."""
+    warnings = []
     few = [c for c in classes if 0 < fit[c] < policy.few_images]
     if few:
         warnings.append(
@@ -184,6 +200,14 @@ def assess(
             f"{fit[small]} (ratio {fit[big] / fit[small]:.1f}); accuracy will "
             "favour the large classes; consider class weights or more data"
         )
+    return warnings
+
+
+def _coverage_warnings(
+    classes: list[str], counts: dict[str, dict[str, int]], splits_present: set[str]
+) -> list[str]:
+    """A val or test split that lacks a class cannot measure scores on it."""
+    warnings = []
     for split in ("val", "test"):
         missing = [c for c in classes if counts[split][c] == 0]
         if split in splits_present and missing:
@@ -192,8 +216,7 @@ def assess(
                 + ", ".join(map(repr, missing))
                 + "; its scores there cannot be measured"
             )
-    warnings += _duplicate_warnings(files)
-    return errors, warnings
+    return warnings
 
 
 def _duplicate_warnings(files: list[ScannedFile]) -> list[str]:
