@@ -109,31 +109,34 @@ def compute_metrics(
     if len(set(names)) != len(names):
         raise InputError(f"class names must be unique, got {names!r}")
     n, n_classes = probs.shape
-    pred = probs.argmax(axis=1)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
-
-    tp = np.diag(confusion).astype(float)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    precision = _safe_div(tp, predicted)
-    recall = _safe_div(tp, support)
-    f1 = _safe_div(2 * tp, support + predicted)
-    per_class = [
-        ClassMetrics(names[i], float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-        for i in range(n_classes)
-    ]
+    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
+    per_class = _per_class(confusion, names)
     return Metrics(
-        accuracy=float(tp.sum() / n),
-        balanced_accuracy=float(recall[support > 0].mean()),
+        accuracy=float(np.trace(confusion) / n),
+        balanced_accuracy=float(np.mean([c.recall for c in per_class if c.support > 0])),
         top_k_accuracy=_top_k(probs, labels, top_k),
         ece=expected_calibration_error(probs, labels, bins=ece_bins),
         per_class=per_class,
         confusion=confusion.tolist(),
         classes=names,
         n=n,
-        macro_f1=float(f1.mean()),
+        macro_f1=float(np.mean([c.f1 for c in per_class])),
     )
+
+
+def _per_class(confusion: np.ndarray, names: list[str]) -> list[ClassMetrics]:
+    """Precision, recall, F1 and support of every class, from the confusion matrix."""
+    tp = np.diag(confusion).astype(float)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * tp, support + predicted)
+    return [
+        ClassMetrics(names[i], float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
+        for i in range(len(names))
+    ]
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -207,12 +210,7 @@ def overfitting_gap(history: Sequence[Mapping], *, gap_threshold: float = 0.10) 
     )
     last = len(rows) - 1
     out["final_epoch"] = int(epochs[last])
-    # The gap is read at the last epoch that recorded both values (validation may run
-    # only every few epochs).
-    for kind in ("acc", "loss"):
-        train, val = _last_pair(series[f"train_{kind}"], series[f"val_{kind}"])
-        out[f"train_{kind}"], out[f"val_{kind}"] = _none_if_nan(train), _none_if_nan(val)
-        out[f"{kind}_gap"] = _none_if_nan(train - val if kind == "acc" else val - train)
+    out.update(_final_gaps(series))
     if monitor is None:
         out["sentence"] = "No validation metrics were recorded, so overfitting cannot be judged."
         return out
@@ -226,14 +224,29 @@ def overfitting_gap(history: Sequence[Mapping], *, gap_threshold: float = 0.10) 
         epochs_since_best=int(epochs[last] - epochs[best]),
         stopped_improving=best < last,
     )
-    rising = (
-        monitor == "val_loss"
-        and series["val_loss"][last] > 1.1 * series["val_loss"][best]
-        and series["train_loss"][last] < series["train_loss"][best]
-    )
+    rising = monitor == "val_loss" and _loss_diverged(series, best, last)
     out["overfitting"] = bool(rising or (out["acc_gap"] or 0.0) > gap_threshold)
     out["sentence"] = _gap_sentence(out, rising)
     return out
+
+
+def _final_gaps(series: dict[str, np.ndarray]) -> dict:
+    """Train and val accuracy and loss, and their gaps, at the last epoch that recorded
+    both values of a pair (validation may run only every few epochs)."""
+    out = {}
+    for kind in ("acc", "loss"):
+        train, val = _last_pair(series[f"train_{kind}"], series[f"val_{kind}"])
+        out[f"train_{kind}"], out[f"val_{kind}"] = _none_if_nan(train), _none_if_nan(val)
+        out[f"{kind}_gap"] = _none_if_nan(train - val if kind == "acc" else val - train)
+    return out
+
+
+def _loss_diverged(series: dict[str, np.ndarray], best: int, last: int) -> bool:
+    """Validation loss ended over 10% above its best while training loss kept falling."""
+    return bool(
+        series["val_loss"][last] > 1.1 * series["val_loss"][best]
+        and series["train_loss"][last] < series["train_loss"][best]
+    )
 
 
 _SERIES = ("train_acc", "val_acc", "train_loss", "val_loss")

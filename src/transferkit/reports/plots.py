@@ -61,13 +61,7 @@ def plot_curves(history: Sequence[Mapping], *, unfreeze_epoch: int | None = None
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     marker = "o" if len(history) <= 40 else None
     for ax, kind, title in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
-        for split, color, label in (
-            ("train", TRAIN_COLOR, "train"),
-            ("val", VAL_COLOR, "validation"),
-        ):
-            values = history_series(history, f"{split}_{kind}")
-            if not np.isnan(values).all():
-                ax.plot(epochs, values, color=color, marker=marker, ms=3.5, lw=1.6, label=label)
+        _plot_train_val(ax, epochs, history, kind, marker)
         ax.set_title(title)
         ax.set_ylabel(title.lower())
         if best["best_epoch"] is not None:
@@ -75,11 +69,7 @@ def plot_curves(history: Sequence[Mapping], *, unfreeze_epoch: int | None = None
     ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     _plot_lr(ax_lr, epochs, history_series(history, "lr"), marker)
     for ax in (ax_loss, ax_acc, ax_lr):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if unfreeze_epoch is not None:
-            _mark_unfreeze(ax, unfreeze_epoch, float(epochs.max()))
+        _epoch_axis(ax, unfreeze_epoch, float(epochs.max()))
     for ax in (ax_loss, ax_acc):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)
@@ -111,16 +101,7 @@ def plot_confusion(
     if normalize:
         cbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     if n <= ANNOTATE_MAX_CLASSES:
-        for i, j in np.ndindex(n, n):
-            text = f"{shown[i, j]:.0%}\n{int(cm[i, j])}" if normalize else f"{int(cm[i, j])}"
-            if totals[i, 0] == 0:
-                text = "–"  # no examples of this class: 0% would read as "never right"
-            color = "white" if shown[i, j] > 0.55 * vmax else "black"
-            size = 9 if n <= 8 else 7
-            # Inside the axes: leaving them out of the layout changes nothing but its cost.
-            ax.text(
-                j, i, text, ha="center", va="center", color=color, fontsize=size, in_layout=False
-            )
+        _annotate_cells(ax, shown, cm, totals, vmax, normalize)
     if n <= TICKS_MAX_CLASSES:
         names = [_short(c) for c in classes]
         ax.set_xticks(range(n), names, rotation=45, ha="right", parse_math=False)
@@ -234,6 +215,40 @@ def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def _plot_train_val(
+    ax, epochs: np.ndarray, history: Sequence[Mapping], kind: str, marker: str | None
+) -> None:
+    """The train and validation curves of ``kind`` ("loss" or "acc"), where recorded."""
+    for split, color, label in (("train", TRAIN_COLOR, "train"), ("val", VAL_COLOR, "validation")):
+        values = history_series(history, f"{split}_{kind}")
+        if not np.isnan(values).all():
+            ax.plot(epochs, values, color=color, marker=marker, ms=3.5, lw=1.6, label=label)
+
+
+def _epoch_axis(ax, unfreeze_epoch: int | None, last_epoch: float) -> None:
+    """Integer epochs along x, a light grid, and the unfreeze mark when there is one."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if unfreeze_epoch is not None:
+        _mark_unfreeze(ax, unfreeze_epoch, last_epoch)
+
+
+def _annotate_cells(
+    ax, shown: np.ndarray, cm: np.ndarray, totals: np.ndarray, vmax: float, normalize: bool
+) -> None:
+    """Write each confusion cell's share of its row (when normalised) and its count."""
+    n = len(cm)
+    for i, j in np.ndindex(n, n):
+        text = f"{shown[i, j]:.0%}\n{int(cm[i, j])}" if normalize else f"{int(cm[i, j])}"
+        if totals[i, 0] == 0:
+            text = "–"  # no examples of this class: 0% would read as "never right"
+        color = "white" if shown[i, j] > 0.55 * vmax else "black"
+        size = 9 if n <= 8 else 7
+        # Inside the axes: leaving them out of the layout changes nothing but its cost.
+        ax.text(j, i, text, ha="center", va="center", color=color, fontsize=size, in_layout=False)
 
 
 def _plot_lr(ax, epochs: np.ndarray, lr: np.ndarray, marker: str | None) -> None:
