@@ -142,8 +142,28 @@ def export_model(
     _check_format(format)
     out = _check_out(out)
     transform = transform_from(dict(preprocessing))
-    shape = tuple(int(v) for v in transform.config["input_size"])
-    binary = bool(getattr(getattr(model, "head", None), "binary", len(classes) == 2))
+    interface = _Interface(
+        classes=classes,
+        binary=bool(getattr(getattr(model, "head", None), "binary", len(classes) == 2)),
+        shape=tuple(int(v) for v in transform.config["input_size"]),
+    )
+    diff, bound, runtime = _export_checked(model, out, format, interface.shape, opset, tolerance)
+    result = ExportResult(out, sidecar_path(out), format, diff, bound, VERIFY_BATCH_SIZES, runtime)
+    meta = _sidecar(result, interface, _preprocessing(preprocessing, transform), source, opset)
+    atomic_write_text(result.sidecar, json.dumps(meta, indent=2))
+    return result
+
+
+def _export_checked(
+    model: nn.Module,
+    out: Path,
+    format: str,
+    shape: tuple[int, ...],
+    opset: int,
+    tolerance: float,
+) -> tuple[float, float, str]:
+    """Export to a temp file, run it on the check batches and move it to ``out`` only if
+    its logits match torch's: (largest difference, its bound, the runtime that ran it)."""
     batches = _check_batches(shape)
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
     with _on_cpu_in_eval(model):
@@ -160,16 +180,7 @@ def export_model(
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
-    sidecar = sidecar_path(out)
-    meta = _sidecar(out, format, classes, binary, preprocessing, transform, shape, source, opset)
-    meta["verification"] = {
-        "runtime": runtime,
-        "batch_sizes": list(VERIFY_BATCH_SIZES),
-        "max_abs_diff": diff,
-        "bound": bound,
-    }
-    atomic_write_text(sidecar, json.dumps(meta, indent=2))
-    return ExportResult(out, sidecar, format, diff, bound, VERIFY_BATCH_SIZES, runtime)
+    return diff, bound, runtime
 
 
 def _check_format(format: str) -> None:
@@ -302,46 +313,74 @@ def _compare(
 
 
 def _sidecar(
-    out: Path,
-    format: str,
-    classes: Sequence[str],
-    binary: bool,
-    preprocessing: Mapping,
-    transform,
-    shape: tuple[int, ...],
+    result: ExportResult,
+    interface: _Interface,
+    preprocessing: dict,
     source: Mapping | None,
     opset: int,
 ) -> dict:
-    n_out = 1 if binary else len(classes)
+    """What a consumer of the exported file needs and cannot read from the graph."""
     meta = {
-        "format": format,
-        "file": out.name,
-        "sha256": file_sha256(out),
+        "format": result.format,
+        "file": result.path.name,
+        "sha256": file_sha256(result.path),
         "transferkit_version": __version__,
-        "classes": [str(c) for c in classes],
-        "binary": binary,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["batch", *shape],
-            "dtype": "float32",
-            "layout": "NCHW, preprocessed as in 'preprocessing'",
-        },
-        "output": {
-            "name": OUTPUT_NAME,
-            "shape": ["batch", n_out],
-            "probabilities": (
-                f"sigmoid(logit) is the probability of {classes[1]!r}"
-                if binary
-                else "softmax over the last axis, in the order of 'classes'"
-            ),
-        },
-        "preprocessing": {
-            "data_config": dict(preprocessing["data_config"]),
-            "image_size": preprocessing.get("image_size"),
-            "resolved": {k: v for k, v in transform.config.items() if k not in ("augment",)},
-        },
+        **interface.to_dict(),
+        "preprocessing": preprocessing,
         "source": dict(source or {}),
     }
-    if format == "onnx":
+    if result.format == "onnx":
         meta["opset"] = opset
+    meta["verification"] = {
+        "runtime": result.checked_with,
+        "batch_sizes": list(result.batch_sizes),
+        "max_abs_diff": result.max_abs_diff,
+        "bound": result.bound,
+    }
     return meta
+
+
+@dataclass(frozen=True)
+class _Interface:
+    """What the exported graph takes and gives, as the sidecar states it.
+
+    Attributes:
+        classes: class names in output order.
+        binary: a binary head's single logit (a sigmoid), not one logit per class.
+        shape: one preprocessed image, ``(C, H, W)``.
+    """
+
+    classes: Sequence[str]
+    binary: bool
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        """The sidecar's ``classes``, ``binary``, ``input`` and ``output``."""
+        return {
+            "classes": [str(c) for c in self.classes],
+            "binary": self.binary,
+            "input": {
+                "name": INPUT_NAME,
+                "shape": ["batch", *self.shape],
+                "dtype": "float32",
+                "layout": "NCHW, preprocessed as in 'preprocessing'",
+            },
+            "output": {
+                "name": OUTPUT_NAME,
+                "shape": ["batch", 1 if self.binary else len(self.classes)],
+                "probabilities": (
+                    f"sigmoid(logit) is the probability of {self.classes[1]!r}"
+                    if self.binary
+                    else "softmax over the last axis, in the order of 'classes'"
+                ),
+            },
+        }
+
+
+def _preprocessing(preprocessing: Mapping, transform) -> dict:
+    """The sidecar's ``preprocessing``: as configured, and as the transform resolved it."""
+    return {
+        "data_config": dict(preprocessing["data_config"]),
+        "image_size": preprocessing.get("image_size"),
+        "resolved": {k: v for k, v in transform.config.items() if k not in ("augment",)},
+    }
