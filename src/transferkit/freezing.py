@@ -181,33 +181,45 @@ def summary(module: nn.Module) -> Summary:
         own_counts = getattr(sub, "transferkit_layer_counts", None)
         if own_counts is not None:  # e.g. a Keras model: Keras's own per-layer counts
             seen.update(id(p) for p in sub.parameters())
-            for row in own_counts():
-                row.name = f"{name}.{row.name}" if name else row.name
-                if row.weights:
-                    total.layers.append(row)
-            continue
-        row = LayerCount(name=name or "(root)", type=type(sub).__name__)
-        for p in sub.parameters(recurse=False):
-            if id(p) not in seen:  # shared weights count once, like Keras
-                seen.add(id(p))
-                row.add(p, p.requires_grad)
-        for b in _counted_buffers(sub):
-            if id(b) not in seen:
-                seen.add(id(b))
-                row.add(b, False)
-        if row.weights:
-            total.layers.append(row)
-    for row in total.layers:
-        for key in (
-            "weights",
-            "trainable_weights",
-            "non_trainable_weights",
-            "params",
-            "trainable_params",
-            "non_trainable_params",
-        ):
-            setattr(total, key, getattr(total, key) + getattr(row, key))
+            rows = _prefixed(name, own_counts())
+        else:
+            rows = [_torch_row(name, sub, seen)]
+        total.layers += [row for row in rows if row.weights]
+    for key in _COUNT_FIELDS:
+        setattr(total, key, sum(getattr(row, key) for row in total.layers))
     return total
+
+
+_COUNT_FIELDS = (
+    "weights",
+    "trainable_weights",
+    "non_trainable_weights",
+    "params",
+    "trainable_params",
+    "non_trainable_params",
+)
+
+
+def _prefixed(name: str, rows: list[LayerCount]) -> list[LayerCount]:
+    """Rows a module counted itself, named from the top of the model."""
+    for row in rows:
+        row.name = f"{name}.{row.name}" if name else row.name
+    return rows
+
+
+def _torch_row(name: str, sub: nn.Module, seen: set[int]) -> LayerCount:
+    """The weights ``sub`` holds directly; a tensor in ``seen`` (shared with a layer
+    counted before) counts once, like Keras."""
+    row = LayerCount(name=name or "(root)", type=type(sub).__name__)
+    for p in sub.parameters(recurse=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            row.add(p, p.requires_grad)
+    for b in _counted_buffers(sub):
+        if id(b) not in seen:
+            seen.add(id(b))
+            row.add(b, False)
+    return row
 
 
 # ---------------------------------------------------------------------- BatchNorm
