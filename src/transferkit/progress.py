@@ -33,16 +33,30 @@ def progress_iter(
     if not interactive():
         yield from _plain(items, total, description, unit)
         return
+    from rich.progress import Progress
+
+    start = time.perf_counter()
+    with Progress(*_bar_columns(), transient=False) as bar:
+        task = bar.add_task(description, total=total, rate="", status="")
+        for i, item in enumerate(items, 1):
+            yield item
+            rate = i / max(time.perf_counter() - start, 1e-9)
+            bar.update(
+                task, advance=1, rate=f"{rate:.1f} {unit}/s", status=status() if status else ""
+            )
+
+
+def _bar_columns() -> list:
+    """What the bar shows: description, bar, done/total, rate, elapsed, ETA, status."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
-    columns = [
+    return [
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -52,15 +66,6 @@ def progress_iter(
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     ]
-    start = time.perf_counter()
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(description, total=total, rate="", status="")
-        for i, item in enumerate(items, 1):
-            yield item
-            rate = i / max(time.perf_counter() - start, 1e-9)
-            bar.update(
-                task, advance=1, rate=f"{rate:.1f} {unit}/s", status=status() if status else ""
-            )
 
 
 def _plain(items, total, description, unit):
