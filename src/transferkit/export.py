@@ -4,7 +4,8 @@ The exported graph maps a ``(batch, C, H, W)`` float32 image batch, already prep
 to raw logits; the batch dimension is dynamic. Beside ``FILE`` goes ``FILE.json`` with
 what a consumer needs and cannot read from the graph: the class names, how to turn
 logits into probabilities (softmax, or a sigmoid for a binary head's single logit), the
-preprocessing (R7), and the SHA-256 of ``FILE`` so a damaged file is refused on load.
+preprocessing (which comes from the backbone's own config), and the SHA-256 of ``FILE``
+so a damaged file is refused on load.
 
 Why verify right after exporting: exporters trace one example, and a graph can quietly
 bake in that example's batch size or drop an op. The export is run on fresh random

@@ -1,13 +1,15 @@
 """Freezing, unfreezing, Keras-style weight counts, BatchNorm policy, optimizer groups.
 
-The transfer-learning workflow lives or dies on what is trainable (DESIGN R1-R4):
+The transfer-learning workflow lives or dies on what is trainable: freeze first, fine-tune
+gently, keep BatchNorm in inference mode, and let a change of what is trainable take
+effect at once:
 - ``freeze`` / ``unfreeze`` act recursively, like Keras's ``layer.trainable``.
 - ``summary`` counts weights the way Keras reports them, so numbers people learned
   from the Keras guides (a Dense layer has 2 weights, a BatchNorm 4) hold here too.
 - ``set_bn_policy`` keeps BatchNorm in inference mode even when the model is put in
   train mode, because updating running statistics on a small dataset wrecks them.
 - ``create_optimizer`` returns an optimizer whose parameter groups follow the
-  trainable set before every step, so "forgot to recompile" cannot happen (R4).
+  trainable set before every step, so "forgot to recompile" cannot happen.
 
 A module that keeps trainability its own way (a Keras model on the torch backend)
 implements ``transferkit_set_trainable(bool)``, ``transferkit_set_bn_policy(policy)
@@ -35,7 +37,7 @@ _POLICY_ATTR = "_transferkit_bn_policy"
 def freeze(module: nn.Module) -> nn.Module:
     """Make every parameter of ``module`` (and of every module inside it) non-trainable.
 
-    BatchNorm layers inside also switch to inference mode (R3): a frozen BN uses its
+    BatchNorm layers inside also switch to inference mode: a frozen BN uses its
     stored statistics and never updates them, whatever mode the model is put in.
 
     Example:
@@ -79,8 +81,9 @@ def unfreeze(
 
     Args:
         module: the model (or backbone) to act on.
-        top: unfreeze only the last ``top`` whole blocks, never a part of one (R2).
-            Blocks come from ``blocks`` or, if absent, from ``module.blocks``.
+        top: unfreeze only the last ``top`` whole blocks, never a part of one
+            (fine-tune gently). Blocks come from ``blocks`` or, if absent, from
+            ``module.blocks``.
         names: unfreeze these named sub-modules (dotted names as in ``named_modules``).
         blocks: ``(name, module)`` pairs in input-to-output order.
 
@@ -265,7 +268,7 @@ def set_bn_policy(module: nn.Module, bn: BNPolicy = "frozen") -> int:
     return count
 
 
-# ------------------------------------------------------------------ optimizer (R4)
+# ----------------------- optimizer: a change of what is trainable takes effect at once
 
 GroupSpec = tuple[str, Sequence[nn.Parameter], float]
 
@@ -287,7 +290,7 @@ def create_optimizer(
     Each group is ``(name, candidate_parameters, lr)``; by default one group holds all
     of ``model``'s parameters at ``lr``. Before every ``step()`` each group is refilled
     with its candidates that currently require grad, so freezing or unfreezing after
-    the optimizer was built takes effect without any "recompile" (R4). The group count
+    the optimizer was built takes effect without any "recompile". The group count
     never changes, so LR schedulers attached to the optimizer keep working.
 
     Example:

@@ -1,10 +1,11 @@
-"""Preprocessing from the backbone's own data config (R7), and training augmentation.
+"""Preprocessing, which comes from the backbone's own data config; training augmentation.
 
 Eval: resize so the crop covers ``crop_pct`` of the image, centre-crop to the input
 size, scale to [0, 1], normalise with the backbone's mean/std (timm's recipe, so
 features match what the weights were trained on). Train: a random resized crop,
 horizontal flip and light colour jitter, then the same normalisation. Augmentation
-is off for feature caching (R5): cached features must be the eval view.
+is off for feature caching (the base runs once and its features are cached): cached
+features must be the eval view.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class Metrics:
     ``top_k_accuracy`` maps k to accuracy and holds only k smaller than the number of
     classes (top-K of K classes is always 1). ``confusion[i][j]`` counts examples of true
     class ``classes[i]`` predicted as ``classes[j]``. ``macro_f1`` (the unweighted mean of
-    per-class F1, absent classes counting as 0) is an extra beyond the issue's list.
+    per-class F1, absent classes counting as 0) is reported as well.
     """
 
     accuracy: float

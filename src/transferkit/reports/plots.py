@@ -47,8 +47,8 @@ def plot_curves(history: Sequence[Mapping], *, unfreeze_epoch: int | None = None
             marks it, between that epoch and the one before. When None, it is taken from
             where the rows' ``phase`` changes (no line for a one-phase run).
 
-    The best validation epoch is starred, so "when validation stopped improving" (R8) is
-    visible at a glance.
+    The best validation epoch is starred, so "when validation stopped improving" is
+    visible at a glance: the report watches for overfitting.
     """
     fig = Figure(figsize=(13, 3.9), dpi=DPI, layout="constrained")
     if not history:
@@ -256,7 +256,7 @@ def _plot_lr(ax, epochs: np.ndarray, lr: np.ndarray, marker: str | None) -> None
     ax.set_ylabel("learning rate")
     if (lr > 0).any():
         ax.plot(epochs, np.where(lr > 0, lr, np.nan), color=LR_COLOR, marker=marker, ms=3.5, lw=1.6)
-        ax.set_yscale("log")  # head and fine-tune rates differ by 10-100x (R2)
+        ax.set_yscale("log")  # head and fine-tune rates differ by 10-100x (fine-tune gently)
     else:
         ax.text(
             0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="0.5"

@@ -75,7 +75,7 @@ def summary_cards(metrics: Metrics | None, decision: Mapping | None, gap: dict) 
 def training_section(
     history: Sequence[Mapping], curves_png: bytes | None, unfreeze_epoch: int | None, gap: dict
 ) -> str:
-    """Curves for both phases, the unfreeze point, and the overfitting call-out (R8)."""
+    """Curves for both phases, the unfreeze point, and the call-out that watches overfitting."""
     if not history:
         return "<p>No training history was recorded for this run.</p>"
     level = {True: "warn", False: "ok"}.get(gap.get("overfitting"), "info")
@@ -176,7 +176,7 @@ def mistakes_section(mistakes: Sequence[Mapping]) -> str:
 
 
 def decision_section(decision: Mapping) -> str:
-    """The strategy chosen, why, and the measurements behind it (R6)."""
+    """The strategy chosen, why, and the measurements behind it (data size and similarity)."""
     parts = []
     if decision.get("strategy") is not None:
         parts.append(
