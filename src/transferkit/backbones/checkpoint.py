@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import IMAGENET_DATA_CONFIG, Backbone
+from .base import IMAGENET_DATA_CONFIG, Backbone, recut_module_backbone
 from .builtin import BUILTIN, create_builtin_model
+from .loader import Loader, is_spec_text
 from .timm_loader import create_timm_model, is_timm_name, timm_data_config, timm_forward_features
 from .weights import WEIGHT_SUFFIXES, load_into, read_weight_file
 
@@ -64,24 +65,60 @@ def create_checkpoint_backbone(path: str | Path, *, cut: str | None = None) -> B
             f"checkpoint {str(path)!r} holds weights but does not say its architecture; "
             f"name it: --backbone ARCH --weights {path} (ARCH a timm or built-in name)"
         )
-    if arch in BUILTIN:
-        model = create_builtin_model(arch, pretrained=False)
-    elif is_timm_name(arch):
-        model, _ = create_timm_model(arch, pretrained=False)
-    else:
-        raise InputError(f"checkpoint {str(path)!r} names unknown architecture {arch!r}")
+    model = _random_model(arch, str(path))
     load_into(model, state, str(path))
+    return _checkpoint_backbone(model, arch, str(path), cut, f"checkpoint {path.name}")
+
+
+def rebuild_checkpoint_backbone(record: dict, module: nn.Module | None = None) -> Backbone:
+    """A run's checkpoint backbone from the architecture the run recorded, with random
+    weights: the run's file fills them, so the original checkpoint is not needed. A
+    ``module`` the user passes is used instead."""
+    if module is not None:
+        return rebuild_module_backbone(record, module)
+    model = _random_model(record["name"], record["spec"])
+    source = record.get("source") or f"checkpoint {Path(record['spec']).name}"
+    return _checkpoint_backbone(model, record["name"], record["spec"], record.get("cut"), source)
+
+
+def _random_model(arch: str, path: str) -> nn.Module:
+    """The architecture a checkpoint names (built-in or timm), randomly initialised."""
+    if arch in BUILTIN:
+        return create_builtin_model(arch, pretrained=False)
+    if is_timm_name(arch):
+        return create_timm_model(arch, pretrained=False)[0]
+    raise InputError(f"checkpoint {path!r} names unknown architecture {arch!r}")
+
+
+def _checkpoint_backbone(
+    model: nn.Module, arch: str, spec: str, cut: str | None, source: str
+) -> Backbone:
     data_config = timm_data_config(model)
     model.reset_classifier(0)
-    return Backbone(
+    backbone = Backbone(
         model,
         name=arch,
-        spec=str(path),
+        spec=spec,
         data_config=data_config,
         features_fn=timm_forward_features,
         cut=cut,
-        source=f"checkpoint {path.name}",
+        source=source,
     )
+    backbone.loader = CHECKPOINT_LOADER.name
+    return backbone
+
+
+def _is_checkpoint_spec(spec: object) -> bool:
+    return is_spec_text(spec) and looks_like_checkpoint(spec)
+
+
+def _create_checkpoint(spec: str, *, weights, cut, pretrained) -> Backbone:
+    return create_checkpoint_backbone(spec, cut=cut)
+
+
+CHECKPOINT_LOADER = Loader(
+    "checkpoint", _is_checkpoint_spec, _create_checkpoint, rebuild_checkpoint_backbone
+)
 
 
 def create_module_backbone(
@@ -94,12 +131,12 @@ def create_module_backbone(
     """Any ``torch.nn.Module`` from Python. Its output (or a cut layer's) is the feature.
 
     ``data_config`` should give the preprocessing it was trained with; ImageNet's
-    mean/std at 224 px is assumed otherwise.
+    mean/std at 224 px is assumed otherwise. A :class:`Backbone` given with another
+    ``cut`` is re-cut (:func:`~.base.recut_module_backbone`: it keeps its name, spec and
+    loader, and must not be used afterwards).
     """
     if isinstance(module, Backbone):
-        if cut is None or cut == module.cut:
-            return module
-        module = module.model
+        return module if cut is None else recut_module_backbone(module, cut)
     if not isinstance(module, nn.Module) or isinstance(module, torch.jit.ScriptModule):
         raise InputError(
             f"expected a torch.nn.Module (not TorchScript), got {type(module).__name__}"
@@ -125,3 +162,31 @@ def create_module_backbone(
         cut=cut,
         source="module",
     )
+
+
+def rebuild_module_backbone(record: dict, module: nn.Module | None = None) -> Backbone:
+    """A run's backbone around the module the user passes again (its weights are
+    replaced by the run's). Without one there is nothing to rebuild from: a module's
+    code is not stored in a run."""
+    if module is None:
+        raise InputError(
+            f"this run's backbone {record.get('name')!r} was a Python module; "
+            "load it with load_run(path, backbone=<the same module architecture>)"
+        )
+    return create_module_backbone(
+        module,
+        cut=record.get("cut"),
+        name=record.get("name"),
+        data_config=record.get("data_config"),
+    )
+
+
+def _is_module(spec: object) -> bool:
+    return isinstance(spec, nn.Module)
+
+
+def _create_module(spec: nn.Module, *, weights, cut, pretrained) -> Backbone:
+    return create_module_backbone(spec, cut=cut)
+
+
+MODULE_LOADER = Loader("module", _is_module, _create_module, rebuild_module_backbone)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -45,6 +46,25 @@ DEFAULT_SIZE = 224
 
 
 # ---------------------------------------------------------------------- backbone
+
+
+@dataclass
+class KerasOrigin:
+    """Where a Keras backbone's model came from: what ``describe()`` records so that a
+    saved run can rebuild it, and what a re-cut keeps (it is still that model).
+
+    Attributes:
+        kind: ``"application"`` (``keras:NAME``), ``"file"`` (``.keras``/``.h5``) or
+            ``"model"`` (a Keras model object).
+        spec: the spec it was made from (``"<keras model>"`` for an object).
+        source: a one-line account for reports, e.g. ``keras file (file convnet.keras)``.
+        extra: ``{"application": NAME}`` or ``{"file": PATH}``, recorded as they are.
+    """
+
+    kind: str = "model"
+    spec: str = "<keras model>"
+    source: str = "keras model (in memory)"
+    extra: dict = field(default_factory=dict)
 
 
 def _single_input(model) -> tuple:
@@ -117,8 +137,11 @@ class KerasBackbone(Backbone):
 
     Built by :func:`~.keras_loader.create_keras_backbone`. ``keras_model`` is the
     cut Keras sub-model; ``keras_output_shape`` its per-example output in Keras's
-    (H, W, C) layout, while ``feature_shape`` is transferkit's (C, H, W).
+    (H, W, C) layout, while ``feature_shape`` is transferkit's (C, H, W). ``origin``
+    (:class:`KerasOrigin`) says where the model came from.
     """
+
+    loader = "keras"
 
     def __init__(
         self,
@@ -126,13 +149,10 @@ class KerasBackbone(Backbone):
         *,
         keras,
         name: str,
-        spec: str,
         preprocess: str,
         size: tuple[int, int] | None = None,
         cut: str | None = None,
-        kind: str = "model",
-        source: str = "keras",
-        extra: dict | None = None,
+        origin: KerasOrigin | None = None,
     ):
         nn.Module.__init__(self)  # Backbone.__init__ traces torch modules; Keras has layers
         input_tensor, shape = _single_input(model)
@@ -152,12 +172,13 @@ class KerasBackbone(Backbone):
             fixed_hw=fixed,
             taps=[b.name for b in self.all_blocks],
         )
-        self.name, self.spec, self.source, self.kind = name, spec, source, kind
+        origin = origin or KerasOrigin()
+        self.name, self.spec, self.source, self.kind = name, origin.spec, origin.source, origin.kind
         self.preprocess = preprocess
         self.data_config = keras_data_config(preprocess, size, int(shape[-1]))
         self.cut = operations(sub)[-1].name
         self._cut_hook = None
-        self._extra = dict(extra or {})
+        self._extra = dict(origin.extra)
         self.layer_shapes, self.keras_output_shape = self._trace()
         out = self.keras_output_shape
         self.feature_shape = (out[-1], *out[:-1]) if len(out) == 3 else tuple(out)
@@ -169,6 +190,10 @@ class KerasBackbone(Backbone):
     @property
     def keras_model(self):
         return self.model.keras_model
+
+    @property
+    def origin(self) -> KerasOrigin:
+        return KerasOrigin(self.kind, self.spec, self.source, dict(self._extra))
 
     @property
     def fixed_input_size(self) -> bool:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..errors import InputError, MissingDependencyError, TransferkitError, WeightsUnavailableError
 from ..errors import did_you_mean as _did_you_mean
+from .keras_backbone import KerasBackbone, KerasOrigin
 from .keras_preprocess import (
     APPLICATIONS,
     PREPROCESS_MODES,
@@ -42,6 +43,7 @@ from .keras_preprocess import (
     infer_preprocess,
     keras_data_config,
 )
+from .loader import Loader, is_spec_text
 
 __all__ = [
     "APPLICATIONS",
@@ -52,6 +54,7 @@ __all__ = [
     "is_keras_spec",
     "keras_data_config",
     "rebuild_keras_backbone",
+    "recut_keras_backbone",
 ]
 
 log = logging.getLogger(__name__)
@@ -315,6 +318,17 @@ def _first_line(exc: Exception) -> str:
 # ------------------------------------------------------------------------ creation
 
 
+@dataclass
+class _Found:
+    """A Keras model and what its spec says about it, before it is wrapped."""
+
+    model: object
+    name: str
+    preprocess: str
+    size: tuple[int, int] | None
+    origin: KerasOrigin
+
+
 def create_keras_backbone(
     spec,
     *,
@@ -324,12 +338,13 @@ def create_keras_backbone(
     preprocess: str | None = None,
     size: tuple[int, int] | None = None,
     name: str | None = None,
-):
+) -> KerasBackbone:
     """A :class:`~.keras_backbone.KerasBackbone` from a spec string or a Keras model.
 
     Args:
         spec: ``keras:NAME[,size=N][,preprocess=MODE]``, a ``.keras``/``.h5`` path
-            (same options), or a Keras model object (e.g. from ``load_model``).
+            (same options), a Keras model object (e.g. from ``load_model``), or a
+            Keras backbone to re-cut below its cut (it keeps its spec and origin).
         weights: a Keras weights file to load (``model.load_weights``); for
             ``keras:NAME`` without it, ImageNet weights.
         pretrained: ``False`` gives random initialisation (``--weights none``).
@@ -344,56 +359,72 @@ def create_keras_backbone(
         >>> bb.keras_output_shape  # doctest: +SKIP
         (7, 7, 768)
     """
-    from .keras_backbone import KerasBackbone
-
     if isinstance(spec, KerasBackbone):
         if cut is None or cut == spec.cut:
             return spec
-        # Re-cut below the current cut: its Keras sub-model holds every lower layer.
-        preprocess, size = preprocess or spec.preprocess, size or spec.input_size[1:]
-        name, spec = name or spec.name, spec.keras_model
-    if is_keras_model(spec):
-        keras = import_keras("a Keras model backbone")
-        model, kind, text, origin = spec, "model", "<keras model>", "in memory"
-        if weights is not None:
-            load_keras_weights(model, weights, "the Keras model")
-        mode = preprocess or infer_preprocess(model)
-        display = name or model.name
-        extra = {}
+        found = _from_backbone(spec, weights=weights, preprocess=preprocess)
+    elif is_keras_model(spec):
+        found = _from_model(spec, weights=weights, preprocess=preprocess)
     else:
         parsed = parse_keras_spec(str(spec))
-        size = size or parsed.size
-        if parsed.kind == "application":
-            model, mode, origin, default_size = build_application(
-                parsed, weights=weights, pretrained=pretrained
-            )
-            size = size or default_size
-            mode = preprocess or mode
-            kind, text = "application", parsed.text
-            display = name or resolve_application(parsed.target, import_keras())
-            extra = {"application": display}
-        else:
-            model = load_keras_file(parsed, weights=weights, pretrained=pretrained)
-            mode = preprocess or parsed.preprocess or infer_preprocess(model)
-            kind, text, origin = "file", parsed.text, f"file {Path(parsed.target).name}"
-            display = name or Path(parsed.target).stem
-            extra = {"file": str(Path(parsed.target).resolve())}
-        keras = import_keras()
+        found = _from_spec(parsed, weights=weights, pretrained=pretrained, preprocess=preprocess)
     return KerasBackbone(
-        model,
-        keras=keras,
-        name=display,
-        spec=text,
-        preprocess=check_preprocess(mode),
-        size=size,
+        found.model,
+        keras=import_keras(),
+        name=name or found.name,
+        preprocess=check_preprocess(found.preprocess),
+        size=size or found.size,
         cut=cut,
-        kind=kind,
-        source=f"keras {kind} ({origin})",
-        extra=extra,
+        origin=found.origin,
     )
 
 
-def rebuild_keras_backbone(record: dict, module=None):
+def _from_backbone(backbone: KerasBackbone, *, weights, preprocess: str | None) -> _Found:
+    """A Keras backbone to cut lower: its Keras sub-model holds every lower layer, and
+    it is still the model its spec names, so spec and origin stay."""
+    found = _from_model(
+        backbone.keras_model, weights=weights, preprocess=preprocess or backbone.preprocess
+    )
+    found.name, found.size, found.origin = backbone.name, backbone.input_size[1:], backbone.origin
+    return found
+
+
+def _from_model(model, *, weights, preprocess: str | None) -> _Found:
+    import_keras("a Keras model backbone")
+    if weights is not None:
+        load_keras_weights(model, weights, "the Keras model")
+    mode = preprocess or infer_preprocess(model)
+    return _Found(model, model.name, mode, None, KerasOrigin())
+
+
+def _from_spec(parsed: KerasSpec, *, weights, pretrained: bool, preprocess: str | None) -> _Found:
+    if parsed.kind == "application":
+        model, mode, origin, default_size = build_application(
+            parsed, weights=weights, pretrained=pretrained
+        )
+        name = resolve_application(parsed.target, import_keras())
+        source = f"keras application ({origin})"
+        return _Found(
+            model,
+            name,
+            preprocess or mode,
+            parsed.size or default_size,
+            KerasOrigin("application", parsed.text, source, {"application": name}),
+        )
+    model = load_keras_file(parsed, weights=weights, pretrained=pretrained)
+    path = Path(parsed.target)
+    return _Found(
+        model,
+        path.stem,
+        preprocess or parsed.preprocess or infer_preprocess(model),
+        parsed.size,
+        KerasOrigin(
+            "file", parsed.text, f"keras file (file {path.name})", {"file": str(path.resolve())}
+        ),
+    )
+
+
+def rebuild_keras_backbone(record: dict, module=None) -> KerasBackbone:
     """The backbone a run recorded (``describe()``), with random weights: the run's
     ``model.safetensors`` fills them. Files and in-memory models are rebuilt from the
     architecture stored in the record, so the original file is not needed."""
@@ -414,3 +445,22 @@ def rebuild_keras_backbone(record: dict, module=None):
     bb.spec, bb.kind, bb.source = record["spec"], info["kind"], record.get("source", bb.source)
     bb._extra = {k: v for k, v in info.items() if k in ("file", "application")}
     return bb
+
+
+def recut_keras_backbone(backbone: KerasBackbone, cut: str) -> KerasBackbone:
+    """The same Keras backbone cut lower, at ``cut``: a Keras sub-model on the very same
+    layers and weights (no copy; Keras models do not deep-copy). It keeps its spec and
+    origin, so a run saved from it rebuilds as the original would. The given backbone
+    stays usable, but only one of the two should be trained: they share weights."""
+    return create_keras_backbone(backbone, cut=cut)
+
+
+def _is_keras(spec: object) -> bool:
+    return is_keras_model(spec) or (is_spec_text(spec) and is_keras_spec(spec))
+
+
+def _create(spec, *, weights, cut, pretrained) -> KerasBackbone:
+    return create_keras_backbone(spec, weights=weights, pretrained=pretrained, cut=cut)
+
+
+KERAS_LOADER = Loader("keras", _is_keras, _create, rebuild_keras_backbone, recut_keras_backbone)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import InputError, WeightsUnavailableError, did_you_mean
 from .base import Backbone
+from .loader import Loader, is_spec_text
 from .weights import load_into, read_weight_file
 
 HUB_HOST = "huggingface.co"
@@ -111,7 +112,7 @@ def create_timm_backbone(
     name = name.removeprefix("timm:")
     data_config = timm_data_config(model)
     model.reset_classifier(0)
-    return Backbone(
+    backbone = Backbone(
         model,
         name=name,
         spec=spec or name,
@@ -120,3 +121,33 @@ def create_timm_backbone(
         cut=cut,
         source=f"timm ({origin})",
     )
+    backbone.loader = TIMM_LOADER.name
+    return backbone
+
+
+def rebuild_timm_backbone(record: dict, module: nn.Module | None = None) -> Backbone:
+    """A run's timm backbone, with random weights (the run's file fills them).
+
+    The architecture is the run's ``architecture`` (timm's ``pretrained_cfg``) or
+    else its name; no download happens. A ``module`` the user passes is used instead,
+    as loading a run with ``backbone=`` always allowed.
+    """
+    if module is not None:
+        from .checkpoint import rebuild_module_backbone  # checkpoint imports this module
+
+        return rebuild_module_backbone(record, module)
+    arch = record.get("architecture") or record["name"]
+    return create_timm_backbone(
+        arch, pretrained=False, cut=record.get("cut"), spec=record.get("spec")
+    )
+
+
+def _is_timm_spec(spec: object) -> bool:
+    return is_spec_text(spec) and (spec.startswith("timm:") or is_timm_name(spec))
+
+
+def _create(spec: str, *, weights, cut, pretrained) -> Backbone:
+    return create_timm_backbone(spec, pretrained=pretrained, weights=weights, cut=cut)
+
+
+TIMM_LOADER = Loader("timm", _is_timm_spec, _create, rebuild_timm_backbone)
