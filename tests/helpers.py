@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transferkit.freezing import create_optimizer
+from transferkit.training import Objective, PhaseConfig, PhaseData, fit_phase
+
 
 class TinyNet(nn.Module):
     """A small conv net with named stages, BN and a classifier: enough structure for
@@ -69,3 +72,23 @@ def make_image_folder(
             if test_per_class:
                 write(root / "test" / name, ci, test_per_class, 1000)
     return root
+
+
+# A phase on a toy problem: 4 features, the class is the sign of the first.
+CE = Objective(nn.functional.cross_entropy, lambda z: z.softmax(1))
+
+
+def problem(seed=0, n=64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return x, (x[:, 0] > 0).long()
+
+
+def run_phase(model, x, y, config: PhaseConfig, *, callbacks=(), objective=CE, lr=0.05):
+    data = PhaseData(
+        train=lambda epoch: [(x[i : i + 16], y[i : i + 16]) for i in range(0, len(y), 16)],
+        val=lambda: [(x, y)],
+        steps_per_epoch=4,
+    )
+    optimizer = create_optimizer(model, lr=lr)
+    return fit_phase(model, optimizer, data, config, objective, callbacks=callbacks)

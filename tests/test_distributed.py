@@ -104,18 +104,19 @@ def audit(event, args):
 sys.addaudithook(audit)
 
 from safetensors.torch import save_file
-from transferkit import estimator, features
+from transferkit import estimator
 from transferkit.cli import main
+from transferkit.features import cache as feature_cache
 
 extracted, fitted = [0], []
-extract_iter = features.extract_iter
+iter_features = feature_cache.iter_features
 
 def counting(*args, **kwargs):
-    for batch in extract_iter(*args, **kwargs):
-        extracted[0] += len(batch)
+    for batch in iter_features(*args, **kwargs):
+        extracted[0] += len(next(iter(batch.values())))
         yield batch
 
-features.extract_iter = counting
+feature_cache.iter_features = counting
 fit = estimator.TransferClassifier.fit
 
 def recording_fit(self, *args, **kwargs):
@@ -332,7 +333,7 @@ def test_precision_and_device_choices():
             resolve_device("cuda")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(InputError, match="precision"):
-        TransferClassifier(TinyNet(), precision="fp16").config.validate()
+        TransferClassifier(TinyNet(), precision="fp16").to_config()
 
 
 def test_channels_last_model_and_batches_still_save(tmp_path):
@@ -428,8 +429,8 @@ def test_fit_flags_for_the_gpu_path():
 def test_run_interrupted_in_one_process_resumes_under_torchrun_module_launch(tmp_path):
     """``--resume`` across process counts: rank 0 reads the checkpoint and hands weights,
     optimizer and scheduler state to the other process; launched as ``-m transferkit``."""
-    from transferkit.engine import TrainingInterrupted
     from transferkit.heads import HeadConfig
+    from transferkit.training import EpochEndHook, TrainingInterrupted
 
     data = make_image_folder(tmp_path / "data", per_class=10, size=16)
     params = dict(
@@ -451,9 +452,8 @@ def test_run_interrupted_in_one_process_resumes_under_torchrun_module_launch(tmp
 
     run = tmp_path / "run"
     clf = TransferClassifier("test_resnet", "fine-tune", cache_dir=str(tmp_path / "c"), **params)
-    clf.on_epoch_end = stop_after_first_fine_tune_epoch
     with pytest.raises(TrainingInterrupted):
-        clf.fit(data, run_dir=run)
+        clf.fit(data, run_dir=run, callbacks=[EpochEndHook(stop_after_first_fine_tune_epoch)])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd = [*torchrun, "-m", "transferkit", "fit", str(data), "--out", str(run), "--resume"]
     proc = subprocess.run(

@@ -140,3 +140,12 @@ def test_unfreeze_top_blocks_and_names(tiny_net):
         unfreeze(tiny_net, names=["nope"])
     with pytest.raises(InputError, match="between 1 and 3"):
         unfreeze(tiny_net, top=4, blocks=blocks)
+
+
+def test_optimizer_uses_the_fused_adam_kernel_by_default():
+    opt = create_optimizer(nn.Linear(3, 2), lr=1e-3)
+    assert opt.defaults["fused"] is True
+    assert create_optimizer(nn.Linear(3, 2), lr=1e-3, foreach=True).defaults["fused"] in (
+        None,
+        False,
+    )

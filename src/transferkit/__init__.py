@@ -3,9 +3,9 @@
 The public API. See README.md for the two-command start and docs/ for the guide.
 """
 
-__version__ = "0.1.0"
-
 import gc as _gc
+
+from ._version import __version__
 
 # Why the collector pauses during these imports: torch, torchvision (its ops pull in
 # torch._dynamo and sympy) and timm create ~600,000 objects that live as long as the
@@ -26,7 +26,8 @@ try:
     )
     from .estimator import TransferClassifier, load
     from .freezing import create_optimizer, freeze, set_bn_policy, summary, unfreeze
-    from .runs import load_run
+    from .runs import Run, load_run
+    from .train import TrainResult, train
 finally:
     if _gc_was_enabled:
         _gc.enable()
@@ -37,6 +38,8 @@ __all__ = [
     "FitConfig",
     "InputError",
     "MissingDependencyError",
+    "Run",
+    "TrainResult",
     "TransferClassifier",
     "TransferkitError",
     "WeightsUnavailableError",
@@ -49,5 +52,6 @@ __all__ = [
     "load_run",
     "set_bn_policy",
     "summary",
+    "train",
     "unfreeze",
 ]

@@ -8,9 +8,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
@@ -23,8 +20,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
-    """safetensors, atomically; shared storage is copied so every tensor stands alone."""
+def save_tensors(path: str | Path, tensors: dict, metadata=None) -> None:
+    """safetensors, atomically; shared storage is copied so every tensor stands alone.
+
+    (torch is imported here, not at the top, so that the torch-free parts of the
+    package, such as the feature store, can use this module.)"""
+    from safetensors.torch import save_file
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(

@@ -77,9 +77,9 @@ class Checkpointer:
     def has(self, phase: str) -> bool:
         return self._paths(phase)["json"].is_file()
 
-    def save(self, phase, model: nn.Module, optimizer, scheduler, best_state, state) -> None:
-        from dataclasses import asdict
-
+    def save(self, phase, model: nn.Module, optimizer, scheduler, best_state, state: dict) -> None:
+        """Write one phase's checkpoint; ``state`` is the JSON-able rest (epoch,
+        result, callback states)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         p = self._paths(phase)
         save_tensors(p["model.safetensors"], model.state_dict())
@@ -87,12 +87,12 @@ class Checkpointer:
         opt_tensors, opt_plain = split_optimizer_state(optimizer.state_dict())
         save_tensors(p["optim.safetensors"], opt_tensors)
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        doc = {"phase": phase, "state": asdict(state), "optimizer": opt_plain, "scheduler": sched}
+        doc = {"phase": phase, "state": state, "optimizer": opt_plain, "scheduler": sched}
         atomic_write_text(p["json"], json.dumps(doc, default=float))
 
-    def load(self, phase, model: nn.Module, optimizer, scheduler):
-        from .engine import PhaseState
-
+    def load(self, phase, model: nn.Module, optimizer, scheduler) -> tuple[dict, dict]:
+        """Restore model, optimizer and scheduler in place; returns ``(state, best
+        weights)`` as saved."""
         p = self._paths(phase)
         doc = json.loads(p["json"].read_text())
         model.load_state_dict(load_file(str(p["model.safetensors"])))
@@ -104,7 +104,7 @@ class Checkpointer:
         sched = scheduler.state_dict()
         sched.update(doc["scheduler"])
         scheduler.load_state_dict(sched)
-        return PhaseState(**doc["state"]), best
+        return doc["state"], best
 
     def clear(self) -> None:
         if self.folder.is_dir():

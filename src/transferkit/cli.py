@@ -209,7 +209,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     _console_logging()
     cfg = fit_config_from_args(args)
-    clf = TransferClassifier(cfg.backbone, cfg.strategy, config=cfg)
+    clf = TransferClassifier.from_config(cfg)
     clf.fit(args.data, run_dir=args.out, resume=args.resume)
     m = clf.metrics_
     if not environment().is_main:  # under torchrun: one report, from rank 0
@@ -372,7 +372,7 @@ def _add_recommend(sub) -> None:
 
 
 def _run_recommend(args: argparse.Namespace) -> int:
-    from .strategies.auto import recommend
+    from .recommend import recommend
 
     _console_logging(quiet=args.json)
     decision = recommend(
@@ -410,7 +410,7 @@ def _add_rank(sub) -> None:
 
 def _run_rank(args: argparse.Namespace) -> int:
     from .errors import InputError
-    from .strategies.auto import rank_backbones
+    from .recommend import rank_backbones
 
     specs = [s.strip() for s in args.backbones.split(",") if s.strip()]
     if not specs:

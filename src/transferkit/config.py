@@ -56,25 +56,20 @@ class FitConfig:
     cache_dir: str | None = None
 
     def validate(self) -> FitConfig:
-        if self.strategy not in STRATEGIES:
-            raise InputError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
-        if self.bn not in BN_POLICIES:
-            raise InputError(f"--bn {self.bn!r} is not one of {', '.join(BN_POLICIES)}")
-        if self.device not in DEVICES:
-            raise InputError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            raise InputError(
-                f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
-            )
+        """Check every setting; an :class:`InputError` names the first bad one, the
+        value received and what is allowed. Returns ``self``."""
+        for option, value, allowed in (
+            ("strategy", self.strategy, STRATEGIES),
+            ("--bn", self.bn, BN_POLICIES),
+            ("--device", self.device, DEVICES),
+            ("--precision", self.precision, PRECISIONS),
+        ):
+            if value not in allowed:
+                raise InputError(f"{option} {value!r} is not one of {', '.join(allowed)}")
         self.unfreeze_top()  # validates the syntax
         if not 0.0 < self.val_split < 1.0:
             raise InputError(f"--val-split must be between 0 and 1, got {self.val_split}")
-        ratio = self.lr / self.fine_tune_lr if self.fine_tune_lr > 0 else float("inf")
-        if self.strategy != "feature-extract" and not 10 <= ratio <= 100 + 1e-9:
-            raise InputError(
-                f"fine-tune learning rate {self.fine_tune_lr:g} must be 10-100x below the head's "
-                f"{self.lr:g} (R2: fine-tune gently); it is {ratio:.3g}x"
-            )
+        self._check_gentle_fine_tuning()
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise InputError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         for name in ("epochs", "fine_tune_epochs", "batch_size", "head_batch_size", "patience"):
@@ -86,6 +81,16 @@ class FitConfig:
             raise InputError(f"--image-size must be >= 8 pixels, got {self.image_size}")
         self.head.validate()
         return self
+
+    def _check_gentle_fine_tuning(self) -> None:
+        """Fine-tuning runs 10-100x below the head's learning rate: a pretrained base
+        trained at the head's rate loses what it learned in pretraining."""
+        ratio = self.lr / self.fine_tune_lr if self.fine_tune_lr > 0 else float("inf")
+        if self.strategy != "feature-extract" and not 10 <= ratio <= 100 + 1e-9:
+            raise InputError(
+                f"fine-tune learning rate {self.fine_tune_lr:g} must be 10-100x below the head's "
+                f"{self.lr:g} (fine-tune gently); it is {ratio:.3g}x"
+            )
 
     def unfreeze_top(self) -> int | None:
         """``None`` for "all", else the number of top blocks to unfreeze."""

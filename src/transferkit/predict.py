@@ -126,6 +126,43 @@ class Predictor:
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
 
+    @classmethod
+    def for_model(cls, model, classes, preprocessing: dict, batch_size: int = 64) -> Predictor:
+        """A predictor over a trained torch ``TransferModel`` (where it is: its device),
+        with the evaluation transform of ``preprocessing`` (``data_config`` and
+        ``image_size``, as a run records them)."""
+        import torch
+
+        from .compute import nhwc_input
+
+        model.eval()
+        device = next(model.parameters()).device
+
+        def logits_fn(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(nhwc_input(torch.from_numpy(x).to(device))).float().cpu().numpy()
+
+        return cls(
+            classes=list(classes),
+            transform=transform_from(preprocessing),
+            logits_fn=logits_fn,
+            binary=bool(model.head.binary),
+            source="fitted model",
+            batch_size=batch_size,
+        )
+
+    def predict_proba(self, images: Sequence) -> np.ndarray:
+        """(N, K) probabilities for image paths, PIL images or HxW[xC] uint8 arrays;
+        an :class:`InputError` naming the first one that cannot be read."""
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            batch = [
+                np.asarray(self.transform(as_image(item, self.channels)), dtype=np.float32)
+                for item in images[start : start + self.batch_size]
+            ]
+            chunks.append(self.probabilities(self.logits_fn(np.stack(batch))))
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+
     def predict_proba_files(
         self, paths: Sequence[str]
     ) -> tuple[list[str], np.ndarray, list[Failure]]:
@@ -183,6 +220,19 @@ class Predictor:
             for path, row, top in zip(done, probs, order, strict=True)
         ]
         return PredictResult(predictions, failures)
+
+
+def as_image(item, channels: int):
+    """A PIL image in the model's colour mode from a path, a PIL image or an array."""
+    from PIL import Image
+
+    if isinstance(item, (str, os.PathLike)):
+        return open_image(item, channels=channels)
+    if isinstance(item, np.ndarray):
+        item = Image.fromarray(item)
+    if isinstance(item, Image.Image):
+        return item.convert("L" if channels == 1 else "RGB")
+    raise InputError(f"cannot predict on a {type(item).__name__}: give paths, PIL images or arrays")
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[Failure]]:
@@ -342,28 +392,16 @@ def transform_from(preprocessing: dict):
 
 
 def _run_predictor(run: Path, device: str, batch_size: int, backbone) -> Predictor:
-    import torch
-
-    from .compute import nhwc_input
-    from .estimator import resolve_device
+    from .compute import resolve_device
     from .runs import load_run
 
     loaded = load_run(run, backbone=backbone)
-    dev = resolve_device(device)
-    model = loaded.model.to(dev).eval()
-
-    def logits_fn(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(nhwc_input(torch.from_numpy(x).to(dev))).float().cpu().numpy()
-
-    return Predictor(
-        classes=list(loaded.classes),
-        transform=transform_from(loaded.config["preprocessing"]),
-        logits_fn=logits_fn,
-        binary=bool(model.head.binary),
-        source=f"run {run}",
-        batch_size=batch_size,
+    model = loaded.model.to(resolve_device(device))
+    predictor = Predictor.for_model(
+        model, loaded.classes, loaded.config["preprocessing"], batch_size
     )
+    predictor.source = f"run {run}"
+    return predictor
 
 
 def _onnx_predictor(path: Path, batch_size: int) -> Predictor:
@@ -389,7 +427,7 @@ def _onnx_predictor(path: Path, batch_size: int) -> Predictor:
 def _torchscript_predictor(path: Path, device: str, batch_size: int) -> Predictor:
     import torch
 
-    from .estimator import resolve_device
+    from .compute import resolve_device
 
     meta = read_sidecar(path)
     dev = resolve_device(device)

@@ -3,6 +3,8 @@ log lines otherwise, so CI logs and files stay readable."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import sys
@@ -12,6 +14,18 @@ from typing import TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("transferkit")
+_silenced = contextvars.ContextVar("transferkit_progress_silenced", default=False)
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """No progress at all (bars or lines) inside this block: the other processes of
+    a torchrun job use it, so one account of the run is printed, not one per process."""
+    token = _silenced.set(True)
+    try:
+        yield
+    finally:
+        _silenced.reset(token)
 
 
 def interactive() -> bool:
@@ -30,6 +44,9 @@ def progress_iter(
 ) -> Iterator[T]:
     """Iterate with a progress bar; ``status()`` may return a short live string
     (e.g. current loss/accuracy) shown beside the bar."""
+    if _silenced.get():
+        yield from items
+        return
     if not interactive():
         yield from _plain(items, total, description, unit)
         return

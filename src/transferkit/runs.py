@@ -1,5 +1,7 @@
-"""Run directories (DESIGN §3): everything needed to rebuild, judge and reuse a model.
+"""Run directories: everything needed to rebuild, judge and reuse a model.
 
+A :class:`Run` owns one directory: the training log while a fit runs, the
+checkpoints a resume needs, the saved model and its records, the report.
 ``config.json`` (backbone spec, architecture and weights digest, cut, head, classes,
 preprocessing, the resolved fit config, the SHA-256 of the weights file),
 ``model.safetensors``, ``metrics.json``, ``history.csv``, ``data_report.json``,
@@ -21,8 +23,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .atomic import atomic_write_text, file_sha256, save_tensors
+from .backbones import rebuild_backbone
 from .backbones.base import Backbone, weights_digest
 from .errors import InputError
 from .heads import ClassifierHead, HeadConfig, TransferModel
@@ -182,31 +185,6 @@ class LoadedRun:
         return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def _rebuild_backbone(record: dict, module: nn.Module | None) -> Backbone:
-    from .backbones.builtin import BUILTIN, create_builtin_backbone
-    from .backbones.checkpoint import create_module_backbone
-    from .backbones.timm_loader import create_timm_backbone, is_timm_name
-
-    if record.get("keras"):  # a Keras backbone: rebuilt by its loader
-        from .backbones.keras_loader import rebuild_keras_backbone
-
-        return rebuild_keras_backbone(record, module)
-    cut = record.get("cut")
-    if module is not None:
-        return create_module_backbone(
-            module, cut=cut, name=record.get("name"), data_config=record.get("data_config")
-        )
-    if record.get("spec") in BUILTIN:
-        return create_builtin_backbone(record["spec"], pretrained=False, cut=cut)
-    arch = record.get("architecture")
-    if arch and is_timm_name(arch):
-        return create_timm_backbone(arch, pretrained=False, cut=cut, spec=record.get("spec"))
-    raise InputError(
-        f"this run's backbone {record.get('name')!r} was a Python module; "
-        "load it with load_run(path, backbone=<the same module architecture>)"
-    )
-
-
 def load_run(run_dir: str | Path, *, backbone: nn.Module | None = None) -> LoadedRun:
     """Rebuild the trained model of a run directory, refusing altered weights."""
     run = Path(run_dir)
@@ -224,7 +202,7 @@ def load_run(run_dir: str | Path, *, backbone: nn.Module | None = None) -> Loade
             f"{str(weights)!r} does not match the digest in {CONFIG}: the file was truncated "
             "or altered; refusing to load a model that is not the one trained"
         )
-    bb = _rebuild_backbone(config["backbone"], backbone)
+    bb = rebuild_backbone(config["backbone"], backbone)
     h = config["head"]
     head = ClassifierHead(
         h["in_features"], h["num_classes"], HeadConfig(h["pooling"], h["hidden"], h["dropout"])
@@ -247,3 +225,116 @@ def preprocessing_of(loaded: LoadedRun) -> tuple[dict, int | None]:
     dc = dict(p["data_config"])
     dc["input_size"] = tuple(dc["input_size"])
     return dc, p.get("image_size")
+
+
+CHECKPOINT_DIR, FIT_CONFIG = "checkpoint", "fit_config.json"
+
+
+class Run:
+    """One run directory, and everything that reads or writes it.
+
+    While a fit runs: :meth:`logging` (train.log gets every line, per-epoch detail
+    included), :meth:`start` (the settings a resume needs) and :meth:`callbacks` (a
+    checkpoint after each epoch, and restoring one). After it: :meth:`save` (model,
+    config, metrics, history, data report, predictions; checkpoints removed) and
+    :meth:`write_report`. Later: :meth:`load`.
+
+    Example:
+        >>> run = Run("runs/cats")                      # doctest: +SKIP
+        >>> loaded = run.load()                         # doctest: +SKIP
+        >>> loaded.classes                              # doctest: +SKIP
+        ['cat', 'dog']
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ training
+    @property
+    def checkpointer(self):
+        from .checkpoints import Checkpointer
+
+        return Checkpointer(self.path / CHECKPOINT_DIR)
+
+    def saved_settings(self) -> dict:
+        """The settings of the interrupted fit to resume; an error if there is none."""
+        saved = self.path / CHECKPOINT_DIR / FIT_CONFIG
+        if not saved.is_file():
+            raise InputError(f"nothing to resume in {str(self.path)!r}: no checkpoint there")
+        try:
+            return json.loads(saved.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read {str(saved)!r}: {exc}") from None
+
+    def start(self, settings: dict) -> None:
+        """Record the settings a resume will continue with."""
+        folder = self.path / CHECKPOINT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / FIT_CONFIG, json.dumps(settings, indent=2))
+
+    def callbacks(self) -> list:
+        """Restore the phase's checkpoint at its start; save one after each epoch."""
+        from .training import Checkpoint, ResumeFromCheckpoint
+
+        checkpointer = self.checkpointer
+        return [ResumeFromCheckpoint(checkpointer), Checkpoint(checkpointer)]
+
+    def logging(self):
+        """A context in which the ``transferkit`` logger also writes to train.log
+        (DEBUG: per-epoch detail included; consoles keep their own level)."""
+        return _LogFile(self.path / LOG)
+
+    # -------------------------------------------------------------- after a fit
+    def save(self, **record) -> Path:
+        """Write the run's files (see :func:`save_run` for ``record``) and remove the
+        checkpoints, which only an interrupted fit needs."""
+        save_run(self.path, **record)
+        self.checkpointer.clear()
+        return self.path
+
+    def write_report(self) -> Path:
+        """Build report.html (and its plots) from the run's files."""
+        from .reports import write_run_report
+
+        return write_run_report(self.path)
+
+    # -------------------------------------------------------------------- later
+    def load(self, *, backbone: nn.Module | None = None) -> LoadedRun:
+        """Rebuild the trained model (``backbone``: the module architecture, for runs
+        trained on a Python module)."""
+        return load_run(self.path, backbone=backbone)
+
+    def history(self) -> list[dict]:
+        return read_history(self.path)
+
+
+class _LogFile:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import logging
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.handler.setLevel(logging.DEBUG)
+        logger = logging.getLogger("transferkit")
+        self.level = logger.level
+        logger.addHandler(self.handler)
+        logger.setLevel(logging.DEBUG)
+        for h in logger.handlers:  # consoles keep their own level; DEBUG goes to the file
+            if h is not self.handler and h.level == logging.NOTSET:
+                h.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import logging
+
+        logger = logging.getLogger("transferkit")
+        logger.removeHandler(self.handler)
+        logger.setLevel(self.level)
+        self.handler.close()

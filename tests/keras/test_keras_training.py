@@ -14,6 +14,7 @@ import torch
 from helpers import make_image_folder
 from transferkit import create_backbone
 from transferkit.estimator import TransferClassifier
+from transferkit.training import EpochEndHook
 
 FAST = {
     "lr": 1e-2,
@@ -43,16 +44,16 @@ def _keras_state(model) -> dict[str, np.ndarray]:
 
 def _watch_backbone(monkeypatch):
     """The backbones ``fit`` creates, so the test can look inside them."""
-    import transferkit.estimator as estimator
+    import transferkit.fitting as fitting
 
     made = []
-    original = estimator.create_backbone
+    original = fitting.create_backbone
 
     def create(*args, **kwargs):
         made.append(original(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(estimator, "create_backbone", create)
+    monkeypatch.setattr(fitting, "create_backbone", create)
     return made
 
 
@@ -85,7 +86,7 @@ def test_feature_extract_from_a_saved_h5_leaves_keras_weights_bit_identical(
 
 
 @pytest.mark.parametrize("bn", ["frozen", "train"])
-def test_fine_tune_top_block_of_a_keras_file(tmp_path, data, keras_files, bn):
+def test_fine_tune_top_block_of_a_keras_file(tmp_path, data, keras_files, bn, monkeypatch):
     clf = TransferClassifier(
         str(keras_files["keras"]),
         "fine-tune",
@@ -104,17 +105,9 @@ def test_fine_tune_top_block_of_a_keras_file(tmp_path, data, keras_files, bn):
             seen["trainable"] = [w.path for w in clf_backbone().keras_model.trainable_weights]
             seen["tuned"] = _keras_state(clf_backbone().keras_model)
 
-    made = []
-    import transferkit.estimator as estimator
-
-    original = estimator.create_backbone
-    estimator.create_backbone = lambda *a, **k: made.append(original(*a, **k)) or made[-1]
-    try:
-        clf_backbone = lambda: made[0]  # noqa: E731
-        clf.on_epoch_end = grab
-        clf.fit(data)
-    finally:
-        estimator.create_backbone = original
+    made = _watch_backbone(monkeypatch)
+    clf_backbone = lambda: made[0]  # noqa: E731
+    clf.fit(data, callbacks=[EpochEndHook(grab)])
     before, after = seen["head"], seen["tuned"]
     assert sorted(p.split("/")[-2] for p in seen["trainable"]) == ["bn3", "bn3", "conv3", "conv3"]
     changed = sorted(k for k in before if not np.array_equal(before[k], after[k]))
@@ -219,3 +212,19 @@ def test_keras_run_exports_and_the_export_matches(tmp_path, data, keras_files):
         out = tmp_path / f"model.{fmt}"
         assert main(["export", str(tmp_path / "run"), "--format", fmt, "--out", str(out)]) == 0
         assert out.is_file()
+
+
+def test_feature_extract_of_a_saved_keras_model_without_a_cut(tmp_path, data, keras_files):
+    """No cut given: the advisor measures every cut point of the Keras model and the
+    backbone is re-cut there (a Keras backbone cannot be deep-copied; re-cutting
+    builds a Keras sub-model instead). The run reloads and predicts the same."""
+    clf = TransferClassifier(
+        str(keras_files["keras"]), "feature-extract", cache_dir=str(tmp_path / "c"), **FAST
+    ).fit(data, run_dir=tmp_path / "run")
+    d = clf.metrics_["decision"]
+    assert "the cut is measured" in d["reason"]
+    assert clf.metrics_["cut"] == d["best_cut"] == clf.model_.backbone.cut
+    assert set(d["scores"]) == set(create_backbone(str(keras_files["keras"])).cut_points)
+    files = _files(data)
+    reloaded = TransferClassifier.load(tmp_path / "run")
+    assert np.array_equal(reloaded.predict_proba(files), clf.predict_proba(files))

@@ -1,24 +1,32 @@
-"""Training strategies (DESIGN R1-R6). Each takes a FitContext, returns a StrategyResult."""
+"""Strategies execute a plan. Each is ``run(inputs: TrainingInputs) -> StrategyResult``
+and is found by name in :data:`STRATEGIES`; a new one plugs in with
+:func:`register_strategy` (``auto`` is not a strategy: the advisor turns it into one
+of these before anything runs)."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
 
-from . import auto, feature_extract, fine_tune
-from .common import FitContext, StrategyResult
+from . import feature_extract, fine_tune
+from .base import StrategyResult, TrainingInputs
 
-RUNNERS = {"feature-extract": feature_extract.run, "fine-tune": fine_tune.run, "auto": auto.run}
-
-
-def run_strategy(name: str, ctx: FitContext) -> StrategyResult:
-    """Run strategy ``name``; the model comes back in the default memory layout.
-
-    Training and extraction run NHWC where that is faster (``Compute.prepare``); a
-    model at rest is contiguous again, so the fitted model and the same model saved
-    and loaded compute bit-identical predictions."""
-    result = RUNNERS[name](ctx)
-    result.model.to(memory_format=torch.contiguous_format)
-    return result
+STRATEGIES: dict[str, Callable[[TrainingInputs], StrategyResult]] = {
+    "feature-extract": feature_extract.run,
+    "fine-tune": fine_tune.run,
+}
 
 
-__all__ = ["RUNNERS", "FitContext", "StrategyResult", "run_strategy"]
+def register_strategy(name: str, run: Callable[[TrainingInputs], StrategyResult]) -> None:
+    """Make ``run`` available as strategy ``name``."""
+    STRATEGIES[name] = run
+
+
+def get_strategy(name: str) -> Callable[[TrainingInputs], StrategyResult]:
+    from ..errors import InputError
+
+    if name not in STRATEGIES:
+        raise InputError(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+__all__ = ["STRATEGIES", "StrategyResult", "TrainingInputs", "get_strategy", "register_strategy"]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone
-from ._running import root_module, run_batches
+from ..features.extract import collect_features, root_module
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -102,7 +102,8 @@ class _ChannelMoments:
 class BNCapture:
     """Forward pre-hooks that accumulate the input statistics of every BN layer.
 
-    Use as a context manager around :func:`run_batches`; then :meth:`similarity`.
+    Use as a context manager around a forward pass over the data
+    (:func:`~transferkit.features.collect_features`); then :meth:`similarity`.
     """
 
     def __init__(self, model: nn.Module):
@@ -157,5 +158,5 @@ def bn_similarity(
         the layer's own ``eps`` as BN adds it; and the mean over layers.
     """
     with BNCapture(backbone) as capture:
-        run_batches(backbone, batches, max_batches=max_batches)
+        collect_features(backbone, batches, max_batches=max_batches, representation="map")
     return capture.similarity()

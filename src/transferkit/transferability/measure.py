@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from ._running import run_batches
+from ..errors import InputError
+from ..features.extract import collect_features
 from .bn_stats import BNCapture, BNSimilarity
-from .pooling import CutCapture
 
 
 def measure_per_cut(
@@ -22,10 +22,13 @@ def measure_per_cut(
     cuts: Sequence[str] | None = None,
     *,
     max_batches: int | None = None,
+    **kwargs,
 ) -> tuple[dict[str, np.ndarray], BNSimilarity]:
     """What :func:`pooled_features_per_cut` and :func:`bn_similarity` return, in one pass.
 
     The pass runs the whole backbone (no early stop), so every BN layer is measured.
+    Other keyword arguments go to :func:`~transferkit.features.iter_features`
+    (``compute``, ``description``).
 
     Example:
         >>> feats, bn = measure_per_cut(backbone, loader)  # doctest: +SKIP
@@ -33,6 +36,11 @@ def measure_per_cut(
         >>> bn.per_cut(bn_layers_by_cut(backbone))  # doctest: +SKIP
     """
     model = backbone if isinstance(backbone, nn.Module) else backbone()
-    with CutCapture(model, cuts, stop_early=False) as capture, BNCapture(model) as stats:
-        count = run_batches(model, batches, max_batches=max_batches, forward=capture.forward)
-    return capture.features(count), stats.similarity()
+    cuts = list(cuts) if cuts is not None else list(getattr(model, "cut_points", None) or [])
+    if not cuts:
+        raise InputError("give at least one cut (a cut point or a module name)")
+    with BNCapture(model) as stats:
+        feats = collect_features(
+            model, batches, cuts=cuts, max_batches=max_batches, stop_early=False, **kwargs
+        )
+    return feats, stats.similarity()

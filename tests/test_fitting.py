@@ -1,19 +1,18 @@
-"""Issue 4 acceptance: frozen phase leaves the base untouched, fine-tuning changes only
-the unfrozen blocks, the feature cache hits and heals, runs reload bit-identically,
-an interrupted run resumes."""
+"""A fit end to end: the frozen phase leaves the base untouched, fine-tuning changes
+only the unfrozen blocks, the feature cache hits and heals, runs reload
+bit-identically, an interrupted run resumes."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from helpers import TinyNet, make_image_folder
 from transferkit import InputError
-from transferkit.engine import TrainingInterrupted
 from transferkit.estimator import TransferClassifier
+from transferkit.training import Callback, EpochEndHook, TrainingInterrupted
 
 FAST = {
     "image_size": 16,
@@ -95,29 +94,37 @@ def test_corrupted_cache_shard_is_rebuilt_not_used(tmp_path, data):
     assert a.metrics_["val_accuracy"] == b.metrics_["val_accuracy"]
 
 
+class _AfterFirstFineTuneEpoch(Callback):
+    """Looks at the model being fine-tuned after its first epoch."""
+
+    def __init__(self, look):
+        self.look, self.seen = look, {}
+
+    def on_epoch_end(self, state):
+        if state.name == "fine-tune" and state.epoch == 1:
+            self.look(state.model.backbone.model, self.seen)
+
+
 def test_fine_tune_top1_changes_only_the_last_block(tmp_path, data):
     net = _tiny()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    seen = {}
 
-    def inspect_after_first_epoch(phase, epoch):
-        if phase == "fine-tune" and epoch == 1:
-            bb = clf_model()
-            seen["trainable"] = sorted(
-                {
-                    n.split(".")[1] if n.startswith("blocks") else n.split(".")[0]
-                    for n, p in bb.named_parameters()
-                    if p.requires_grad
-                }
-            )
-            seen["state"] = {k: v.clone() for k, v in bb.state_dict().items()}
+    def look(module, seen):
+        seen["trainable"] = sorted(
+            {
+                n.split(".")[1] if n.startswith("blocks") else n.split(".")[0]
+                for n, p in module.named_parameters()
+                if p.requires_grad
+            }
+        )
+        seen["state"] = {k: v.clone() for k, v in module.state_dict().items()}
 
-    clf = _clf(tmp_path, net, "fine-tune", unfreeze="top:1", fine_tune_epochs=1)
-    clf_model = lambda: net  # noqa: E731 - the backbone wraps this very module
-    clf.on_epoch_end = inspect_after_first_epoch
-    clf.fit(data)
-    assert seen["trainable"] == ["2"]  # exactly blocks.2
-    state = seen["state"]
+    probe = _AfterFirstFineTuneEpoch(look)
+    _clf(tmp_path, net, "fine-tune", unfreeze="top:1", fine_tune_epochs=1).fit(
+        data, callbacks=[probe]
+    )
+    assert probe.seen["trainable"] == ["2"]  # exactly blocks.2
+    state = probe.seen["state"]
     for k, v in before.items():
         if k.startswith("fc"):
             continue  # pruned: runs after the cut
@@ -131,32 +138,26 @@ def test_fine_tune_top1_changes_only_the_last_block(tmp_path, data):
 def test_bn_train_policy_updates_statistics_in_unfrozen_blocks(tmp_path, data):
     net = _tiny()
     before = net.blocks[2][1].running_mean.clone()
-    seen = {}
 
-    def grab(phase, epoch):
-        if phase == "fine-tune":
-            seen["rm"] = net.blocks[2][1].running_mean.clone()
+    def look(module, seen):
+        seen["rm"] = module.blocks[2][1].running_mean.clone()
 
-    clf = _clf(tmp_path, net, "fine-tune", unfreeze="top:1", bn="train", fine_tune_epochs=1)
-    clf.on_epoch_end = grab
-    clf.fit(data)
-    assert not torch.equal(seen["rm"], before)
-
-
-def test_saved_run_reloads_to_bit_identical_predictions(tmp_path, data):
-    clf = TransferClassifier(
-        "resnet18",
-        "fine-tune",
-        weights="none",
-        **{**FAST, "fine_tune_epochs": 1},
-        cache_dir=str(tmp_path / "cache"),
+    probe = _AfterFirstFineTuneEpoch(look)
+    _clf(tmp_path, net, "fine-tune", unfreeze="top:1", bn="train", fine_tune_epochs=1).fit(
+        data, callbacks=[probe]
     )
-    clf.fit(data, run_dir=tmp_path / "run")
-    files = sorted(str(p) for p in data.rglob("*.png"))
-    loaded = TransferClassifier.load(tmp_path / "run")
-    assert np.array_equal(loaded.predict_proba(files), clf.predict_proba(files))
-    assert loaded.classes_ == ["blue", "green", "red"]
-    assert loaded.predict(files[:1]) == clf.predict(files[:1])
+    assert not torch.equal(probe.seen["rm"], before)
+
+
+def test_the_module_given_as_backbone_is_left_as_it_was(tmp_path, data):
+    """Cutting prunes and freezing marks the fitted copy, never the user's module."""
+    net = _tiny()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    clf = _clf(tmp_path, net, "fine-tune", unfreeze="top:1", fine_tune_epochs=1).fit(data)
+    assert clf.model_.backbone.model is not net
+    assert isinstance(net.fc, torch.nn.Linear)  # not pruned to Identity
+    assert all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
 def test_run_directory_contents(tmp_path, data):
@@ -170,7 +171,7 @@ def test_run_directory_contents(tmp_path, data):
             "--out",
             str(run),
             "--backbone",
-            "resnet18",
+            "test_resnet",
             "--weights",
             "none",
             "--image-size",
@@ -216,9 +217,8 @@ def test_resume_after_interrupt_finishes_the_run(tmp_path, data):
             raise KeyboardInterrupt
 
     clf = _clf(tmp_path, _tiny(), "fine-tune")
-    clf.on_epoch_end = interrupt
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        clf.fit(data, run_dir=run)
+        clf.fit(data, run_dir=run, callbacks=[EpochEndHook(interrupt)])
     assert (run / "checkpoint" / "fine-tune.json").is_file()
     assert not (run / "metrics.json").exists()
     resumed = TransferClassifier(_tiny(), "fine-tune").fit(data, run_dir=run, resume=True)
@@ -231,7 +231,7 @@ def test_resume_after_interrupt_finishes_the_run(tmp_path, data):
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, data):
     with pytest.raises(InputError, match="nothing to resume"):
-        TransferClassifier("resnet18").fit(data, run_dir=tmp_path / "none", resume=True)
+        TransferClassifier("test_resnet").fit(data, run_dir=tmp_path / "none", resume=True)
 
 
 def test_fine_tune_lr_must_be_gentle():
@@ -243,44 +243,20 @@ def test_fine_tune_lr_must_be_gentle():
     FitConfig(strategy="feature-extract", lr=1e-4, fine_tune_lr=1e-4).validate()
 
 
-def test_fit_leaves_the_garbage_collector_as_it_found_it(tmp_path, data):
-    """fit freezes the objects that existed before it (torch's: nothing to collect)
-    while it runs, and unfreezes them after; an outside freeze is left alone."""
-    import gc
-
-    seen = []
-    clf = TransferClassifier(
-        "resnet18", "feature-extract", weights="none", **FAST, cache_dir=str(tmp_path)
-    )
-    clf.on_epoch_end = lambda phase, epoch: seen.append(gc.get_freeze_count())
-    gc.unfreeze()
-    clf.fit(data)
-    assert seen and min(seen) > 0  # frozen during the fit
-    assert gc.get_freeze_count() == 0
-    gc.freeze()
-    try:
-        before = gc.get_freeze_count()
-        clf.fit(data)
-        # still frozen (objects that died meanwhile left the frozen set)
-        assert gc.get_freeze_count() > before // 2
-    finally:
-        gc.unfreeze()
-
-
 def test_fine_tuning_builds_its_loaders_once_per_phase(tmp_path, data, monkeypatch):
     """Loader worker processes must start once per phase, not once per epoch."""
-    from transferkit.strategies import common
+    from transferkit.strategies import fine_tune
 
     built = []
-    real = common.make_loader
+    real = fine_tune.make_loader
 
-    def counting(ctx, dataset, **kw):
+    def counting(inputs, dataset, **kw):
         built.append(kw.get("shuffle"))
-        return real(ctx, dataset, **kw)
+        return real(inputs, dataset, **kw)
 
-    monkeypatch.setattr(common, "make_loader", counting)
+    monkeypatch.setattr(fine_tune, "make_loader", counting)
     clf = TransferClassifier(
-        "resnet18",
+        "test_resnet",
         "fine-tune",
         weights="none",
         **{**FAST, "fine_tune_epochs": 3, "fine_tune_patience": 3},

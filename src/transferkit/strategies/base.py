@@ -1,0 +1,156 @@
+"""What every strategy reads and returns, and the data plumbing they share.
+
+A strategy is a function ``run(inputs) -> StrategyResult``. It reads
+:class:`TrainingInputs` (frozen: the backbone already cut as planned, the splits, the
+resolved settings, the plan, where to compute, the feature cache, the callbacks) and
+never changes them; everything it produces is in its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..features import Extraction, FeatureCache, representation_for
+from ..heads import TransferModel
+from ..training import PhaseResult, Runtime
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """Everything a strategy needs, fixed before it runs.
+
+    Attributes:
+        backbone: the ``Backbone``, cut where the plan says.
+        splits: the ``DatasetSplits`` (train, val, test, classes).
+        config: the ``FitConfig`` with the plan's choices filled in.
+        plan: the advisor's :class:`~transferkit.advisor.Plan`.
+        runtime: device, precision and layout, and the other torchrun processes.
+        features: the feature cache the frozen base's features go through.
+        callbacks: run for every phase (history, progress, checkpoints, hooks).
+    """
+
+    backbone: object
+    splits: object
+    config: object
+    plan: object
+    runtime: Runtime
+    features: FeatureCache
+    callbacks: Sequence = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits.classes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.compute.device
+
+
+@dataclass
+class StrategyResult:
+    """The trained model and how each phase went.
+
+    ``frozen_base``: the base stayed frozen, so the final model's predictions on the
+    splits can come from cached features."""
+
+    model: TransferModel
+    phases: list[PhaseResult] = field(default_factory=list)
+    frozen_base: bool = True
+
+
+def image_dataset(inputs: TrainingInputs, examples, *, train: bool):
+    """Examples as preprocessed images (with augmentation when training and asked)."""
+    from ..data import AugmentConfig, ImageDataset, create_transform
+
+    augment = AugmentConfig(enabled=train and inputs.config.augment)
+    transform = create_transform(
+        inputs.backbone.data_config,
+        train=train,
+        image_size=inputs.config.image_size,
+        augment=augment,
+    )
+    return ImageDataset(examples, transform, channels=inputs.backbone.input_size[0])
+
+
+def make_loader(inputs: TrainingInputs, dataset, *, shuffle: bool, **kwargs):
+    """A loader with the fit's batch size, workers and device (``kwargs``:
+    ``batch_size``, ``seed``, ``sampler`` override)."""
+    from ..data import create_loader
+
+    kwargs.setdefault("batch_size", inputs.config.batch_size)
+    return create_loader(
+        dataset,
+        shuffle=shuffle,
+        workers=inputs.config.workers,
+        device=inputs.device.type,
+        **kwargs,
+    )
+
+
+def extraction(inputs: TrainingInputs, description: str) -> Extraction:
+    """How this fit's frozen base turns images into cached features."""
+    return Extraction(
+        image_size=inputs.config.image_size,
+        representation=representation_for(inputs.config.head.pooling),
+        compute=inputs.runtime.compute,
+        loader=lambda ds, bs: make_loader(inputs, ds, shuffle=False, batch_size=bs),
+        batch_size=max(inputs.config.batch_size, 64),
+        description=description,
+    )
+
+
+def cached_features(inputs: TrainingInputs, examples, split: str, collective=None):
+    """Features of ``examples`` through the frozen base, from the cache when possible.
+
+    With several processes (``collective``, default the run's) all of them must call
+    this; they share the extraction and only rank 0 gets the features (the others
+    get ``None``)."""
+    collective = inputs.runtime.collective if collective is None else collective
+    if not examples:
+        return torch.empty(0)
+    array = inputs.features.get(
+        inputs.backbone,
+        image_dataset(inputs, examples, train=False),
+        [e.digest for e in examples],
+        extraction(inputs, f"features ({split})"),
+        collective=collective,
+    )
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
+
+
+def labels_of(examples) -> torch.Tensor:
+    return torch.tensor([e.label for e in examples], dtype=torch.long)
+
+
+def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None):
+    """Batches of in-memory features, in a seeded random order (``seed=None``: in order)."""
+    order = torch.arange(len(y))
+    if seed is not None:
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    for i in range(0, len(y), batch_size):
+        idx = order[i : i + batch_size]
+        yield x[idx], y[idx]
+
+
+def evaluate_split(inputs: TrainingInputs, result: StrategyResult, examples, split: str):
+    """Loss, accuracy and per-example probabilities of the final model on ``examples``:
+    on cached features when the base stayed frozen, else on the images. Rank 0 alone
+    calls this under torchrun (no other process takes part)."""
+    from ..compute import as_compute
+    from ..distributed import SINGLE
+    from ..training import Objective, Runtime, evaluate
+
+    model, head = result.model, result.model.head
+    y = labels_of(examples)
+    objective = Objective.of_head(head)
+    if result.frozen_base:
+        x = cached_features(inputs, examples, split, collective=SINGLE)
+        batches = [(x[i : i + 1024], y[i : i + 1024]) for i in range(0, len(y), 1024)]
+        runtime = Runtime(as_compute(inputs.device))
+        return evaluate(head, batches, objective, runtime=runtime, keep=True)
+    loader = make_loader(inputs, image_dataset(inputs, examples, train=False), shuffle=False)
+    return evaluate(model, loader, objective, runtime=Runtime(inputs.runtime.compute), keep=True)

@@ -1,0 +1,177 @@
+"""``train``: the whole fit as one function, with no side effects of its own.
+
+It takes a backbone, the data splits, a typed config and callbacks, and returns a
+:class:`TrainResult`. In order: the advisor plans (for ``auto``, or
+``feature-extract`` without a cut, it measures; nothing runs before the plan is
+fixed); the backbone is cut where the plan says; the measuring pass's features seed
+the cache; the planned strategy runs; the final model is evaluated on the
+validation and test splits. It writes no run directory, attaches no log handler and
+sets no environment variable: its only writes go through the feature cache it is
+given (and the advisor's remembered decisions beside it); checkpoints, if wanted,
+are callbacks the caller passes (:class:`~transferkit.runs.Run` makes them).
+
+Under torchrun every process calls it with the same arguments and the collective in
+``runtime``; rank 0 alone evaluates the splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .advisor import AdviceStore, Plan, make_plan
+from .backbones import recut_backbone
+from .config import FitConfig
+from .errors import TransferkitError
+from .features import FeatureCache, representation_for
+from .heads import TransferModel
+from .strategies import get_strategy
+from .strategies.base import TrainingInputs, evaluate_split, extraction
+from .training import History, Interruption, PhaseResult, ProgressReport, Runtime
+
+log = logging.getLogger("transferkit")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        model: the trained backbone + head, in eval mode, contiguous memory layout.
+        config: the settings with the plan's choices filled in (what a run records).
+        requested_strategy: the strategy asked for (``auto`` included).
+        plan: what the advisor planned.
+        phases: how each phase went.
+        history: one row per epoch, over all phases.
+        frozen_base: the base never trained (predictions can use cached features).
+        evaluations: ``{"val"|"test": Evaluation}`` of the final model, probabilities
+            included (rank 0 only; empty elsewhere).
+        feature_cache: the cache's hits, extractions and rebuilt shards while training
+            (the final evaluation's lookups not included).
+    """
+
+    model: TransferModel
+    config: FitConfig
+    requested_strategy: str
+    plan: Plan
+    phases: list[PhaseResult]
+    history: list[dict]
+    frozen_base: bool
+    evaluations: dict = field(default_factory=dict)
+    feature_cache: dict = field(default_factory=dict)
+
+
+def train(
+    backbone,
+    splits,
+    config: FitConfig,
+    *,
+    callbacks: Sequence = (),
+    features: FeatureCache | None = None,
+    runtime: Runtime | None = None,
+) -> TrainResult:
+    """Plan, cut, run the planned strategy, evaluate. See the module docstring.
+
+    Args:
+        backbone: a ``Backbone`` (uncut, or cut where you want it); the plan may
+            re-cut it, and the result's model holds the backbone that was trained.
+        splits: ``DatasetSplits`` from ``load_data``.
+        config: a validated ``FitConfig``.
+        callbacks: run in every training phase, besides the history, progress and
+            Ctrl-C handling ``train`` adds (e.g. the run's checkpoints, hooks).
+        features: the feature cache (default: ``FitConfig.cache_dir``'s).
+        runtime: device, precision, layout, and the torchrun processes.
+    """
+    runtime = runtime or Runtime()
+    features = features or FeatureCache(config.cache_dir)
+    history = History()
+    inputs = _planned_inputs(backbone, splits, config, features, runtime)
+    inputs = dataclasses.replace(
+        inputs, callbacks=(history, ProgressReport(), Interruption(), *callbacks)
+    )
+    _check_processes_agree(inputs)
+    torch.manual_seed(config.seed)
+    result = get_strategy(inputs.config.strategy)(inputs)
+    # A model at rest is contiguous again (training and extraction ran NHWC where
+    # faster), so the fitted model and the same model saved and loaded compute
+    # bit-identical predictions.
+    result.model.to(memory_format=torch.contiguous_format).eval()
+    cache_stats = vars(features.stats).copy()  # what training used, before evaluation
+    return TrainResult(
+        model=result.model,
+        config=inputs.config,
+        requested_strategy=config.strategy,
+        plan=inputs.plan,
+        phases=result.phases,
+        history=list(history.rows),
+        frozen_base=result.frozen_base,
+        evaluations=_evaluate_splits(inputs, result),
+        feature_cache=cache_stats,
+    )
+
+
+def _planned_inputs(backbone, splits, config, features, runtime) -> TrainingInputs:
+    """Plan (measuring if needed), cut the backbone as planned, and seed the cache
+    with what the measuring pass extracted."""
+    advice = AdviceStore(features.root / "advice", writable=features.store.writable)
+    torch.manual_seed(config.seed)
+    plan, measurement = make_plan(backbone, splits, config, advice=advice, compute=runtime.compute)
+    if plan.cut != backbone.cut:
+        backbone = recut_backbone(backbone, plan.cut)
+    inputs = TrainingInputs(
+        backbone=backbone,
+        splits=splits,
+        config=plan.resolve(config),
+        plan=plan,
+        runtime=runtime,
+        features=features,
+    )
+    _seed_cache(inputs, measurement)
+    return inputs
+
+
+def _evaluate_splits(inputs: TrainingInputs, result) -> dict:
+    """The final model on the validation and test splits (rank 0 alone)."""
+    if not inputs.runtime.collective.is_main:
+        return {}
+    return {
+        split: evaluate_split(inputs, result, getattr(inputs.splits, split), split)
+        for split in ("val", "test")
+        if getattr(inputs.splits, split)
+    }
+
+
+def _seed_cache(inputs: TrainingInputs, measurement) -> None:
+    """The measuring pass doubles as feature extraction: its features at the chosen
+    cut go into the cache, so the backbone does not run over the same images twice."""
+    pooling = representation_for(inputs.config.head.pooling)
+    if measurement is None or pooling != "avg" or inputs.plan.cut not in measurement.features:
+        return
+    inputs.features.put(
+        inputs.backbone,
+        [e.digest for e in measurement.examples],
+        measurement.features[inputs.plan.cut],
+        extraction(inputs, "advisor"),
+    )
+
+
+def _check_processes_agree(inputs: TrainingInputs) -> None:
+    """Every process must train the same thing. Each one planned on its own; should
+    they ever decide differently, stop with a message rather than hang in a
+    collective that only some processes reach."""
+    c = inputs.runtime.collective
+    if not c.active:
+        return
+    cfg = inputs.config
+    mine = [cfg.strategy, inputs.backbone.cut, cfg.image_size, cfg.unfreeze]
+    mine.append(len(inputs.splits.train))
+    main = c.broadcast_json(mine if c.is_main else None)
+    if not c.all_true(main == mine):
+        raise TransferkitError(
+            f"torchrun processes disagree on what to train: rank 0 has {main}, rank "
+            f"{c.rank} has {mine} (strategy, cut, image size, unfreeze, train images)"
+        )

@@ -1,0 +1,138 @@
+"""The advisor plans before anything trains: measured decisions by size x similarity,
+the cut measured for feature extraction, decisions remembered for the same data."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import make_image_folder
+from transferkit.advisor import SMALL_PER_CLASS, AdviceStore, decide, make_plan
+from transferkit.backbones import create_backbone
+from transferkit.config import FitConfig
+from transferkit.data import load_data
+from transferkit.estimator import TransferClassifier
+
+FAST = {
+    "lr": 1e-2,
+    "fine_tune_lr": 1e-3,
+    "epochs": 20,
+    "patience": 3,
+    "fine_tune_epochs": 1,
+    "batch_size": 16,
+    "workers": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("five"), per_class=5, size=16)
+
+
+@pytest.fixture(scope="module")
+def larger_data(tmp_path_factory):
+    return make_image_folder(
+        tmp_path_factory.mktemp("forty"), per_class=40, size=16, layout="splits", test_per_class=6
+    )
+
+
+def test_small_data_plan_is_feature_extraction_with_its_reason(tiny_data):
+    splits = load_data(tiny_data)
+    plan, measured = make_plan(
+        create_backbone("test_resnet", weights="none"), splits, FitConfig(seed=0)
+    )
+    assert plan.strategy == "feature-extract" and plan.decision is not None
+    assert plan.decision.size["small"] and plan.decision.size["per_class_median"] < SMALL_PER_CLASS
+    assert "is small" in plan.reason and plan.image_size == 64  # 16 px images
+    assert set(measured.features) == {"conv1", "layer1", "layer2", "layer3", "layer4"}
+
+
+def test_enough_data_is_planned_to_fine_tune(larger_data):
+    splits = load_data(larger_data, seed=0)
+    d = decide(create_backbone("test_resnet", weights="none"), splits, image_size=16)
+    assert d.strategy == "fine-tune" and d.unfreeze in ("all", "top:2")
+    assert d.size["small"] is False
+
+
+def test_an_explicit_strategy_and_cut_are_planned_as_asked_without_measuring(tiny_data):
+    bb = create_backbone("test_resnet", weights="none", cut="layer2")
+    plan, measured = make_plan(
+        bb, load_data(tiny_data), FitConfig(strategy="fine-tune", cut="layer2", image_size=32)
+    )
+    assert (plan.strategy, plan.cut, plan.image_size, plan.decision, measured) == (
+        "fine-tune",
+        "layer2",
+        32,
+        None,
+        None,
+    )
+
+
+def test_plan_leaves_backbone_and_config_as_they_were(tiny_data):
+    bb = create_backbone("test_resnet", weights="none")
+    config = FitConfig(strategy="auto")
+    before = (bb.cut, config.to_dict())
+    plan, _ = make_plan(bb, load_data(tiny_data), config)
+    assert (bb.cut, config.to_dict()) == before
+    assert plan.resolve(config).strategy == plan.strategy != "auto"
+
+
+def test_a_remembered_decision_is_reused_and_a_damaged_one_ignored(tiny_data, tmp_path):
+    splits = load_data(tiny_data)
+    bb = create_backbone("test_resnet", weights="none")
+    advice = AdviceStore(tmp_path / "advice")
+    first, m1 = make_plan(bb, splits, FitConfig(), advice=advice)
+    again, m2 = make_plan(bb, splits, FitConfig(), advice=advice)
+    assert m1 is not None and m2 is None  # nothing measured the second time
+    assert again.decision.to_dict() == first.decision.to_dict()
+    (stored,) = (tmp_path / "advice").glob("*.json")
+    stored.write_text("{not json")
+    _, m3 = make_plan(bb, splits, FitConfig(), advice=advice)
+    assert m3 is not None  # measured again, not trusted
+
+
+def test_fit_auto_records_decision_and_reuses_the_measuring_pass(larger_data, tmp_path):
+    import json
+
+    clf = TransferClassifier(
+        "test_resnet", weights="none", cache_dir=str(tmp_path / "c"), image_size=16, **FAST
+    )
+    clf.fit(larger_data, run_dir=tmp_path / "run")
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["requested_strategy"] == "auto"
+    assert m["strategy"] == m["decision"]["strategy"]
+    assert m["decision"]["reason"]
+    # the advisor's pass seeded the cache: the backbone did not run over train again
+    assert m["feature_cache"]["hits"] == m["n_train"]
+    assert m["feature_cache"]["extracted"] <= m["n_val"] + m["n_test"]
+
+
+def test_feature_extract_without_cut_measures_the_cut(tiny_data, tmp_path):
+    clf = TransferClassifier(
+        "test_resnet",
+        "feature-extract",
+        weights="none",
+        image_size=16,
+        cache_dir=str(tmp_path / "c"),
+        **FAST,
+    ).fit(tiny_data)
+    d = clf.metrics_["decision"]
+    assert clf.metrics_["cut"] == d["best_cut"] == d["cut"]
+    assert "the cut is measured" in d["reason"]
+
+
+def test_second_auto_fit_runs_the_backbone_zero_times(tiny_data, tmp_path, monkeypatch):
+    import transferkit.advisor.plan as plan
+
+    params = {"weights": "none", "image_size": 16, "cache_dir": str(tmp_path / "c"), **FAST}
+    first = TransferClassifier("test_resnet", **params).fit(tiny_data)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the backbone ran to measure again")
+
+    monkeypatch.setattr(plan, "measure_splits", no_measuring)
+    second = TransferClassifier("test_resnet", **params).fit(tiny_data)
+    assert second.metrics_["feature_cache"]["extracted"] == 0
+    assert second.metrics_["decision"] == first.metrics_["decision"] | {
+        "seconds": second.metrics_["decision"]["seconds"]
+    }
+    assert second.metrics_["val_accuracy"] == first.metrics_["val_accuracy"]
