@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -92,3 +97,43 @@ def run_phase(model, x, y, config: PhaseConfig, *, callbacks=(), objective=CE, l
     )
     optimizer = create_optimizer(model, lr=lr)
     return fit_phase(model, optimizer, data, config, objective, callbacks=callbacks)
+
+
+@dataclass
+class Trained:
+    data: Path
+    run: Path
+    classes: list[str]
+
+    def copy(self, dest: Path) -> Path:
+        """A copy of the run directory to damage or rebuild without touching the shared one."""
+        return Path(shutil.copytree(self.run, dest))
+
+
+def red_image(path: Path, seed: int = 1) -> Path:
+    """A red 16 px picture (to file under another class: a confident mistake)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.array([200, 30, 30], dtype=np.float32) + rng.normal(0, 20, (16, 16, 3))
+    Image.fromarray(pixels.clip(0, 255).astype("uint8")).save(path)
+    return path
+
+
+def blobs(
+    n_per_class: int = 50, n_classes: int = 4, dim: int = 8, spread: float = 6.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian blobs whose centres point in different directions, so
+    cosine and linear classifiers both separate them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    centres *= spread / np.linalg.norm(centres, axis=1, keepdims=True)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return centres[y] + rng.normal(size=(len(y), dim)), y
+
+
+def batches_of(n: int, size: int = 32, batch: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g)
+    return list(images.split(batch))

@@ -13,10 +13,7 @@ model.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,38 +26,21 @@ from .backbones import rebuild_backbone
 from .backbones.base import Backbone, weights_digest
 from .errors import InputError
 from .heads import ClassifierHead, HeadConfig, TransferModel
-
-CONFIG, WEIGHTS, METRICS, HISTORY = (
-    "config.json",
-    "model.safetensors",
-    "metrics.json",
-    "history.csv",
+from .run_files import (  # re-exported: the names and formats of a run's files
+    CHECKPOINT_DIR,
+    CONFIG,
+    DATA_REPORT,
+    FIT_CONFIG,
+    HISTORY,
+    LOG,
+    METRICS,
+    PREDICTIONS,
+    WEIGHTS,
+    history_csv,
+    predictions_csv,
+    read_history,
+    to_json,
 )
-DATA_REPORT, LOG, PREDICTIONS = "data_report.json", "train.log", "predictions.csv"
-HISTORY_FIELDS = [
-    "phase",
-    "epoch",
-    "phase_epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "seconds",
-]
-
-
-def _json(obj) -> str:
-    def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
-
-    return json.dumps(clean(obj), indent=2, default=str)
 
 
 def backbone_record(backbone: Backbone) -> dict:
@@ -104,72 +84,14 @@ def save_run(
         "fit": fit_config,
         "weights_sha256": file_sha256(run / WEIGHTS),
     }
-    atomic_write_text(run / CONFIG, _json(config))
-    atomic_write_text(run / METRICS, _json(metrics))
+    atomic_write_text(run / CONFIG, to_json(config))
+    atomic_write_text(run / METRICS, to_json(metrics))
     atomic_write_text(run / HISTORY, history_csv(history))
     if data_report is not None:
-        atomic_write_text(run / DATA_REPORT, _json(data_report))
+        atomic_write_text(run / DATA_REPORT, to_json(data_report))
     if predictions:
         atomic_write_text(run / PREDICTIONS, predictions_csv(predictions, classes))
     return run
-
-
-def predictions_csv(rows: list[dict], classes: list[str]) -> str:
-    """split, path, label, prediction, confidence, then one probability per class."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(
-        ["split", "path", "label", "prediction", "confidence", *[f"p:{c}" for c in classes]]
-    )
-    for r in rows:
-        probs = r["probs"]
-        best = max(range(len(probs)), key=probs.__getitem__)
-        writer.writerow(
-            [
-                r["split"],
-                r["path"],
-                classes[r["label"]],
-                classes[best],
-                f"{probs[best]:.6f}",
-                *[f"{p:.6f}" for p in probs],
-            ]
-        )
-    return buf.getvalue()
-
-
-def read_predictions(run_dir: str | Path) -> list[dict]:
-    """Rows of predictions.csv with probabilities as floats (empty if absent)."""
-    path = Path(run_dir) / PREDICTIONS
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["confidence"] = float(r["confidence"])
-        r["probs"] = [float(v) for k, v in r.items() if k.startswith("p:")]
-    return rows
-
-
-def history_csv(history: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow(row)
-    return buf.getvalue()
-
-
-def read_history(run_dir: str | Path) -> list[dict]:
-    rows = []
-    with open(Path(run_dir) / HISTORY, newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append(
-                {
-                    k: (v if k == "phase" else (float(v) if v not in ("", None) else None))
-                    for k, v in row.items()
-                }
-            )
-    return rows
 
 
 @dataclass
@@ -225,9 +147,6 @@ def preprocessing_of(loaded: LoadedRun) -> tuple[dict, int | None]:
     dc = dict(p["data_config"])
     dc["input_size"] = tuple(dc["input_size"])
     return dc, p.get("image_size")
-
-
-CHECKPOINT_DIR, FIT_CONFIG = "checkpoint", "fit_config.json"
 
 
 class Run:

@@ -20,7 +20,7 @@ from transferkit.backbones import (
     register_loader,
     registry,
 )
-from transferkit.backbones.checkpoint import create_module_backbone
+from transferkit.backbones.module import create_module_backbone
 
 
 def _record(bb: Backbone) -> dict:

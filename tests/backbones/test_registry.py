@@ -91,7 +91,7 @@ def test_torchscript_archive_is_refused_with_a_reason(tmp_path):
 
 
 def test_torch_module_backbone_blocks_cut_and_pruning(tiny_net):
-    from transferkit.backbones.checkpoint import create_module_backbone
+    from transferkit.backbones.module import create_module_backbone
 
     bb = create_module_backbone(tiny_net, cut="blocks.1", data_config=TINY_CONFIG)
     assert bb.cut_points == ["stem", "blocks.0", "blocks.1", "blocks.2", "fc"]

@@ -26,7 +26,8 @@ from torch import nn
 from ..errors import MissingDependencyError
 from .base import Backbone
 from .loader import Loader
-from .timm_loader import create_timm_backbone, timm_data_config, timm_forward_features
+from .module import rebuild_module_backbone, timm_data_config, timm_forward_features
+from .timm_loader import create_timm_backbone
 from .weights import load_into, read_weight_file
 
 BUILTIN = {
@@ -98,8 +99,6 @@ def rebuild_builtin_backbone(record: dict, module: nn.Module | None = None) -> B
     """A run's built-in backbone, with random weights: the run's file fills them, so
     the weights package is not read. A ``module`` the user passes is used instead."""
     if module is not None:
-        from .checkpoint import rebuild_module_backbone  # checkpoint imports this module
-
         return rebuild_module_backbone(record, module)
     return create_builtin_backbone(record["spec"], pretrained=False, cut=record.get("cut"))
 

@@ -12,14 +12,14 @@ import json
 import zipfile
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import IMAGENET_DATA_CONFIG, Backbone, recut_module_backbone
+from .base import Backbone
 from .builtin import BUILTIN, create_builtin_model
 from .loader import Loader, is_spec_text
-from .timm_loader import create_timm_model, is_timm_name, timm_data_config, timm_forward_features
+from .module import rebuild_module_backbone, timm_data_config, timm_forward_features
+from .timm_loader import create_timm_model, is_timm_name
 from .weights import WEIGHT_SUFFIXES, load_into, read_weight_file
 
 
@@ -119,74 +119,3 @@ def _create_checkpoint(spec: str, *, weights, cut, pretrained) -> Backbone:
 CHECKPOINT_LOADER = Loader(
     "checkpoint", _is_checkpoint_spec, _create_checkpoint, rebuild_checkpoint_backbone
 )
-
-
-def create_module_backbone(
-    module: nn.Module,
-    *,
-    cut: str | None = None,
-    name: str | None = None,
-    data_config: dict | None = None,
-) -> Backbone:
-    """Any ``torch.nn.Module`` from Python. Its output (or a cut layer's) is the feature.
-
-    ``data_config`` should give the preprocessing it was trained with; ImageNet's
-    mean/std at 224 px is assumed otherwise. A :class:`Backbone` given with another
-    ``cut`` is re-cut (:func:`~.base.recut_module_backbone`: it keeps its name, spec and
-    loader, and must not be used afterwards).
-    """
-    if isinstance(module, Backbone):
-        return module if cut is None else recut_module_backbone(module, cut)
-    if not isinstance(module, nn.Module) or isinstance(module, torch.jit.ScriptModule):
-        raise InputError(
-            f"expected a torch.nn.Module (not TorchScript), got {type(module).__name__}"
-        )
-    config = dict(IMAGENET_DATA_CONFIG, **(data_config or {}))
-    if hasattr(module, "forward_features") and hasattr(module, "reset_classifier"):
-        config = dict(timm_data_config(module), **(data_config or {}))
-        module.reset_classifier(0)
-        return Backbone(
-            module,
-            name=name or type(module).__name__,
-            spec="<module>",
-            data_config=config,
-            features_fn=timm_forward_features,
-            cut=cut,
-            source="timm module",
-        )
-    return Backbone(
-        module,
-        name=name or type(module).__name__,
-        spec="<module>",
-        data_config=config,
-        cut=cut,
-        source="module",
-    )
-
-
-def rebuild_module_backbone(record: dict, module: nn.Module | None = None) -> Backbone:
-    """A run's backbone around the module the user passes again (its weights are
-    replaced by the run's). Without one there is nothing to rebuild from: a module's
-    code is not stored in a run."""
-    if module is None:
-        raise InputError(
-            f"this run's backbone {record.get('name')!r} was a Python module; "
-            "load it with load_run(path, backbone=<the same module architecture>)"
-        )
-    return create_module_backbone(
-        module,
-        cut=record.get("cut"),
-        name=record.get("name"),
-        data_config=record.get("data_config"),
-    )
-
-
-def _is_module(spec: object) -> bool:
-    return isinstance(spec, nn.Module)
-
-
-def _create_module(spec: nn.Module, *, weights, cut, pretrained) -> Backbone:
-    return create_module_backbone(spec, cut=cut)
-
-
-MODULE_LOADER = Loader("module", _is_module, _create_module, rebuild_module_backbone)

@@ -24,9 +24,10 @@ from torch import nn
 from ..errors import InputError, did_you_mean
 from .base import Backbone
 from .builtin import BUILTIN, BUILTIN_LOADER, DEFAULT_BACKBONE
-from .checkpoint import CHECKPOINT_LOADER, MODULE_LOADER
+from .checkpoint import CHECKPOINT_LOADER
 from .keras_loader import KERAS_LOADER
 from .loader import Loader
+from .module import MODULE_LOADER
 from .timm_loader import TIMM_LOADER, is_timm_name
 
 NO_WEIGHTS = ("none", "random", "scratch")

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import InputError, WeightsUnavailableError, did_you_mean
 from .base import Backbone
 from .loader import Loader, is_spec_text
+from .module import rebuild_module_backbone, timm_data_config, timm_forward_features
 from .weights import load_into, read_weight_file
 
 HUB_HOST = "huggingface.co"
@@ -25,10 +26,6 @@ HUB_HOST = "huggingface.co"
 
 def is_timm_name(name: str) -> bool:
     return timm.is_model(name.removeprefix("timm:"))
-
-
-def timm_data_config(model: nn.Module) -> dict:
-    return dict(timm.data.resolve_data_config({}, model=model))
 
 
 def create_timm_model(
@@ -95,11 +92,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def timm_forward_features(model: nn.Module, x):
-    """timm's feature forward (a named function, so backbones stay picklable)."""
-    return model.forward_features(x)
-
-
 def create_timm_backbone(
     name: str,
     *,
@@ -133,8 +125,6 @@ def rebuild_timm_backbone(record: dict, module: nn.Module | None = None) -> Back
     as loading a run with ``backbone=`` always allowed.
     """
     if module is not None:
-        from .checkpoint import rebuild_module_backbone  # checkpoint imports this module
-
         return rebuild_module_backbone(record, module)
     arch = record.get("architecture") or record["name"]
     return create_timm_backbone(

@@ -19,8 +19,8 @@ from PIL import Image
 from ..errors import InputError
 from .cache import cache_root
 from .images import to_channels
+from .raw import RawSource
 from .scanning import Candidate, SkippedFile
-from .sources import RawSource
 
 
 def resolve_arrays(images, labels, classes=None, *, cache_dir: str | None = None) -> RawSource:

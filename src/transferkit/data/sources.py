@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, field
 
 from ..errors import InputError
+from .arrays import resolve_arrays
+from .raw import RawSource
 from .scanning import (
     Candidate,
     SkippedFile,
@@ -37,31 +38,6 @@ SPLIT_ALIASES = {
 METADATA_FILE = "transferkit-dataset.json"
 
 
-@dataclass
-class RawSource:
-    """Labelled candidates before any decoding.
-
-    Attributes:
-        kind: "folder", "split-folders", "csv" or "arrays".
-        root: where relative paths in the report start.
-        classes: class names; a label's index is its position here.
-        candidates: files to decode-check, each with its class and split.
-        skipped: files and folders already known to be unusable, with reasons.
-        splits: the splits the source itself provides ("train" always).
-        errors: dataset-level reasons the data cannot be trained on.
-        metadata: contents of a ``transferkit-dataset.json`` found at the root.
-    """
-
-    kind: str
-    root: str
-    classes: list[str]
-    candidates: list[Candidate] = field(default_factory=list)
-    skipped: list[SkippedFile] = field(default_factory=list)
-    splits: set[str] = field(default_factory=lambda: {"train"})
-    errors: list[str] = field(default_factory=list)
-    metadata: dict | None = None
-
-
 def resolve_source(source) -> RawSource:
     """Dispatch on what ``source`` is. Raises ``InputError`` when it is none of them."""
     if isinstance(source, (str, os.PathLike)):
@@ -77,8 +53,6 @@ def resolve_source(source) -> RawSource:
             "or a .csv of path,label"
         )
     if isinstance(source, (tuple, list)) and len(source) in (2, 3):
-        from .arrays import resolve_arrays  # late: arrays.py builds on RawSource from here
-
         return resolve_arrays(*source)
     raise InputError(
         f"unsupported data source {type(source).__name__}: expected a folder, "

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._version import __version__
 from . import sections as s
 from .history import phase_change_epoch
 from .metrics import Metrics, overfitting_gap
@@ -168,10 +169,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def _page(c: ReportContent, figures: Mapping[str, bytes]) -> str:
     gap = overfitting_gap(c.history)
     parts = _sections(c, figures, gap)
-    # Imported here, not at the top: the package's __init__ may import this module before
-    # it defines __version__.
-    from .. import __version__
-
     nav = "".join(f'<a href="#{a}">{s.esc(h)}</a>' for a, h, _ in parts)
     body = "\n".join(s.section(a, h, b) for a, h, b in parts)
     return f"""<!DOCTYPE html>

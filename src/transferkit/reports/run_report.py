@@ -25,8 +25,8 @@ import numpy as np
 
 from ..data import open_image
 from ..errors import InputError
-from ..runs import CONFIG, DATA_REPORT, HISTORY, METRICS, PREDICTIONS, read_history
-from ..runs import read_predictions as _read_prediction_rows
+from ..run_files import CONFIG, DATA_REPORT, HISTORY, METRICS, PREDICTIONS, read_history
+from ..run_files import read_predictions as _read_prediction_rows
 from .history import FINE_TUNE_PHASE, phase_of
 from .html import write_report
 from .metrics import Metrics, compute_metrics, most_confident_mistakes

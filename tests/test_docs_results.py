@@ -13,7 +13,7 @@ from PIL import Image
 from transferkit.export import export_run
 from transferkit.predict import load_predictor
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "results.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 
 
 def _block(containing: str) -> str:

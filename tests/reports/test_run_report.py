@@ -133,11 +133,11 @@ def test_report_command_rebuilds_the_report_of_a_real_run(trained, tmp_path, cap
 
 @pytest.mark.slow
 def test_a_real_runs_report_renders_in_headless_chromium(trained, tmp_path):
-    from reports.test_report_browser import Chromium, find_browser
+    from chromium import Chromium, find_browser
 
     executable = find_browser()
     if executable is None:
-        pytest.skip("chromium is not installed (see tests/reports/test_report_browser.py)")
+        pytest.skip("chromium is not installed (see tests/chromium.py)")
     run = trained.copy(tmp_path / "run")
     assert main(["report", str(run)]) == 0
     (tmp_path / "chromium").mkdir()  # the browser's log goes beside its profile

@@ -11,7 +11,7 @@ import torch
 
 from helpers import make_image_folder
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 
 def _python_blocks() -> list[str]:

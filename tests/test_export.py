@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import TINY_CONFIG, TinyNet
-from transferkit.backbones.checkpoint import create_module_backbone
+from transferkit.backbones.module import create_module_backbone
 from transferkit.cli import EXPORT_FORMATS, EXPORT_OPSET, main
 from transferkit.export import DEFAULT_OPSET, FORMATS, ExportError, export_model, export_run
 from transferkit.heads import TransferModel, create_head
@@ -55,9 +55,10 @@ def test_sidecar_has_classes_preprocessing_and_the_file_digest(trained, exported
     assert meta["classes"] == trained.classes and meta["binary"] is False
     assert meta["input"]["name"] == "image" and meta["input"]["shape"] == ["batch", 3, 16, 16]
     assert meta["preprocessing"]["image_size"] == 16
-    assert meta["preprocessing"]["resolved"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert meta["verification"]["max_abs_diff"] == onnx.max_abs_diff
     config = json.loads((trained.run / "config.json").read_text())
+    mean = config["preprocessing"]["data_config"]["mean"]  # the backbone's own
+    assert meta["preprocessing"]["resolved"]["mean"] == pytest.approx(mean)
+    assert meta["verification"]["max_abs_diff"] == onnx.max_abs_diff
     assert meta["source"]["weights_sha256"] == config["weights_sha256"]
 
 

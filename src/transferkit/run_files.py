@@ -1,0 +1,107 @@
+"""The run directory's files and formats: their names, and the CSV and JSON that
+``history.csv``, ``predictions.csv`` and the JSON records hold. Reading them needs
+nothing else of transferkit, so the report builder and the run both use this
+module."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+CONFIG, WEIGHTS, METRICS, HISTORY = (
+    "config.json",
+    "model.safetensors",
+    "metrics.json",
+    "history.csv",
+)
+DATA_REPORT, LOG, PREDICTIONS = "data_report.json", "train.log", "predictions.csv"
+HISTORY_FIELDS = [
+    "phase",
+    "epoch",
+    "phase_epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+]
+
+
+CHECKPOINT_DIR, FIT_CONFIG = "checkpoint", "fit_config.json"
+
+
+def to_json(obj) -> str:
+    """Indented JSON; NaN and infinities become null (valid JSON for any reader)."""
+
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(obj), indent=2, default=str)
+
+
+def predictions_csv(rows: list[dict], classes: list[str]) -> str:
+    """split, path, label, prediction, confidence, then one probability per class."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(
+        ["split", "path", "label", "prediction", "confidence", *[f"p:{c}" for c in classes]]
+    )
+    for r in rows:
+        probs = r["probs"]
+        best = max(range(len(probs)), key=probs.__getitem__)
+        writer.writerow(
+            [
+                r["split"],
+                r["path"],
+                classes[r["label"]],
+                classes[best],
+                f"{probs[best]:.6f}",
+                *[f"{p:.6f}" for p in probs],
+            ]
+        )
+    return buf.getvalue()
+
+
+def read_predictions(run_dir: str | Path) -> list[dict]:
+    """Rows of predictions.csv with probabilities as floats (empty if absent)."""
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["confidence"] = float(r["confidence"])
+        r["probs"] = [float(v) for k, v in r.items() if k.startswith("p:")]
+    return rows
+
+
+def history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    rows = []
+    with open(Path(run_dir) / HISTORY, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append(
+                {
+                    k: (v if k == "phase" else (float(v) if v not in ("", None) else None))
+                    for k, v in row.items()
+                }
+            )
+    return rows
