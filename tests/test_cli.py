@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from transferkit.cli import main
 
@@ -30,12 +28,8 @@ def test_inspect_with_cut_and_table(capsys):
     assert "layer2" in out and "Cut points" in out and "layer4" in out
 
 
-def test_inspect_unknown_model_exits_2_with_one_line():
-    proc = subprocess.run(
-        [sys.executable, "-m", "transferkit", "inspect", "no_such_model"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "no_such_model" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_inspect_unknown_model_exits_2_with_one_line(capsys):
+    assert main(["inspect", "no_such_model"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_model" in err
+    assert "Traceback" not in err

@@ -139,7 +139,10 @@ def test_file_broken_after_the_scan_is_a_one_line_error(tmp_path, workers):
     broken = ds.examples[3].path
     with open(broken, "r+b") as f:
         f.truncate(30)
+    loader = create_loader(ds, batch_size=4, workers=workers)
     with pytest.raises(InputError) as e:
-        for _ in create_loader(ds, batch_size=4, workers=workers):
+        for _ in loader:
             pass
     assert "\n" not in str(e.value) and broken in str(e.value)
+    if loader._iterator is not None:  # stop the worker now, not when garbage collected
+        loader._iterator._shutdown_workers()

@@ -76,3 +76,23 @@ def test_a_finished_phase_is_not_trained_again(tmp_path):
     )
     assert ran == [] and result.epochs_run == 3
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_the_phase_starts_again(tmp_path):
+    from transferkit.training import Callback
+
+    class CtrlC(Callback):
+        def on_batch_end(self, state, stats):
+            raise KeyboardInterrupt
+
+    x, y = problem()
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    with pytest.raises(TrainingInterrupted, match="phase tune starts again"):
+        run_phase(
+            nn.Linear(4, 2),
+            x,
+            y,
+            PhaseConfig(name="tune", epochs=3),
+            callbacks=_callbacks(ckpt, History(), CtrlC()),
+        )
+    assert not ckpt.has("tune")

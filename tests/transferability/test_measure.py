@@ -12,19 +12,19 @@ from transferkit import create_backbone
 from transferkit.transferability import bn_layers_by_cut, measure_per_cut, score_per_cut
 
 
-def digits_batches(bb, size: int = 32, batch: int = 256):
+def digits_batches(bb, size: int = 32, batch: int = 256, n: int = 600):
     """sklearn's 8x8 digits as 3-channel images, resized and normalised as the
     backbone's pretraining was (R7)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = torch.tensor(digits.images[:n], dtype=torch.float32).unsqueeze(1) / 16.0
     images = nn.functional.interpolate(
         images, size=(size, size), mode="bilinear", align_corners=False
     ).repeat(1, 3, 1, 1)
     mean = torch.tensor(bb.data_config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(bb.data_config["std"]).view(1, 3, 1, 1)
-    return list(((images - mean) / std).split(batch)), digits.target
+    return list(((images - mean) / std).split(batch)), digits.target[:n]
 
 
 @pytest.mark.slow

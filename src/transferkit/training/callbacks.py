@@ -249,7 +249,7 @@ class ProgressReport(Callback):
         self.epoch_status = ""
 
     def wrap_epochs(self, state, epochs: Iterable) -> Iterable:
-        if not state.config.fast_epochs:
+        if not state.config.fast_epochs or state.result.stopped:  # resumed, finished
             return epochs
         return progress_iter(
             epochs,

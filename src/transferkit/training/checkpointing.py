@@ -105,6 +105,12 @@ class Checkpoint(Callback):
         )
 
     def on_interrupt(self, state) -> None:
-        state.notes.append(
-            f"the last finished epoch is saved in {self.checkpointer.folder}: resume with --resume"
-        )
+        where = self.checkpointer.folder
+        if self.checkpointer.has(state.name):
+            note = f"the last finished epoch is saved in {where}: resume with --resume"
+        else:
+            note = (
+                f"resume with --resume: phase {state.name} starts again, and what "
+                f"finished before it is kept in {where}"
+            )
+        state.notes.append(note)
