@@ -1,4 +1,5 @@
-"""`transferkit inspect` (issue 2)."""
+"""`transferkit inspect`: JSON offline, a cut with the layer table, and a one-line error
+for an unknown model."""
 
 from __future__ import annotations
 

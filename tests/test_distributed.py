@@ -1,6 +1,6 @@
-"""Issue 8, distributed and GPU path: torchrun DDP and the compute settings.
+"""The distributed and GPU path: torchrun DDP and the compute settings.
 
-The acceptance test runs a real 2-process gloo job on CPU with torchrun: it finishes,
+The end-to-end test runs a real 2-process gloo job on CPU with torchrun: it finishes,
 only rank 0 writes (every process records the files it opens for writing, through
 a Python audit hook), and the result matches a 1-process run with the same global
 batch. The other tests are in-process and take well under a second each.

@@ -1,4 +1,5 @@
-"""The seeds' freezing examples, through transferkit's API (DESIGN §1, issue 2)."""
+"""Freezing, Keras-style weight counts, BatchNorm policies and optimizer groups: the
+freezing examples of the classic Keras tutorials, through transferkit's API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The thin command line (DESIGN §3): parse, call the library, print.
+"""The thin command line: parse the arguments, call the library, print the result.
 
 Exit status: 0 success, 2 usage or input error (one line), 1 unexpected failure.
 """

@@ -42,7 +42,7 @@ class FitConfig:
     lr: float = 3e-3
     patience: int = 8
     head_batch_size: int = 256
-    # phase 2: end-to-end fine-tuning, 10-100x lower learning rate (R2)
+    # phase 2: end-to-end fine-tuning, gently: a 10-100x lower learning rate
     fine_tune_epochs: int = 15
     fine_tune_lr: float = 3e-4
     fine_tune_patience: int = 8

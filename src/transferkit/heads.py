@@ -1,9 +1,10 @@
-"""The new trainable head on top of the frozen base (workflow step 3).
+"""The new trainable head that goes on top of the frozen base.
 
-Pooling is parameter-free, so it can run before the feature cache (R5): a head
-with ``pooling="avg"`` trains on cached (N, C) vectors, one with ``"flatten"`` (as in
-the seeds' ``Flatten`` + ``Dense``) on cached maps. The same head module accepts
-both, so it moves unchanged from cached features to the backbone for fine-tuning.
+Pooling is parameter-free, so it can run before the feature cache (the frozen base
+runs once per image and its features are cached): a head with ``pooling="avg"`` trains
+on cached (N, C) vectors, one with ``"flatten"`` (as in the classic Keras tutorials'
+``Flatten`` + ``Dense``) on cached maps. The same head module accepts both, so it moves
+unchanged from cached features to the backbone for fine-tuning.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class GlobalPool(nn.Module):
 class ClassifierHead(nn.Module):
     """Pool -> Dropout -> [Linear -> ReLU -> Dropout] -> Linear.
 
-    Two classes use one logit and a sigmoid (the seeds' binary head); more use softmax.
+    Two classes use one logit and a sigmoid (the binary head of the classic Keras
+    tutorials); more use softmax.
     """
 
     def __init__(self, in_features: int, num_classes: int, config: HeadConfig | None = None):

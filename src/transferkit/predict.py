@@ -3,8 +3,8 @@
 A :class:`Predictor` turns images into class probabilities whatever holds the model: a
 run directory (the trained torch model), or a file written by ``transferkit export``
 (ONNX through onnxruntime, or TorchScript) with its sidecar JSON. Both share one
-preprocessing path (``create_transform`` from the recorded ``data_config``, R7), so an
-exported model sees exactly the pixels the run's model saw.
+preprocessing path (``create_transform`` from the backbone's own ``data_config``, as
+the run recorded it), so an exported model sees exactly the pixels the run's model saw.
 
 Why per-file failures instead of an exception: a folder of thousands of photos with one
 truncated JPEG should give thousands of predictions and one line saying which file

@@ -1,4 +1,5 @@
-"""The built-in backbones carry real ImageNet weights (issue 2)."""
+"""The built-in backbones carry real ImageNet weights and their own preprocessing, and
+cut where asked."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_lite0_weights_are_real_imagenet_weights():
 def test_builtin_backbone_is_the_classifier_less_model_with_its_own_preprocessing():
     bb = create_backbone("efficientnet_lite0")
     assert bb.num_features == 1280
-    assert bb.data_config["mean"] == (0.5, 0.5, 0.5)  # tf_ variant's cfg (R7), not ImageNet's
+    assert bb.data_config["mean"] == (0.5, 0.5, 0.5)  # the tf_ variant's own cfg, not ImageNet's
     assert bb.cut_points[0] == "conv_stem" and bb.cut_points[-1] == "conv_head"
     full = create_builtin_model("efficientnet_lite0").eval()
     x = torch.randn(1, 3, 64, 64)

@@ -1,4 +1,4 @@
-"""Backbone specs: timm names, local checkpoints, torch modules, bad specs (issue 2)."""
+"""Backbone specs: timm names, local checkpoints, torch modules, bad specs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""`data check` and check_data/load_data on folders full of junk (issue 3 acceptance)."""
+"""`data check` and check_data/load_data on folders full of junk: every bad file is
+listed with its reason, unusable data is refused with one line, and smaller problems
+warn but still train."""
 
 from __future__ import annotations
 

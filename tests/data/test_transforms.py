@@ -1,4 +1,4 @@
-"""Preprocessing from the backbone's data config (R7), augmentation, and the loader."""
+"""Preprocessing from the backbone's own data config, augmentation, and the loader."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from transferkit.transferability import bn_layers_by_cut, measure_per_cut, score
 
 def digits_batches(bb, size: int = 32, batch: int = 256, n: int = 600):
     """sklearn's 8x8 digits as 3-channel images, resized and normalised as the
-    backbone's pretraining was (R7)."""
+    backbone's pretraining was (its own data config)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -30,7 +30,8 @@ def digits_batches(bb, size: int = 32, batch: int = 256, n: int = 600):
 @pytest.mark.slow
 @pytest.mark.realweights
 def test_digits_through_efficientnet_lite0_per_cut():
-    """The measured note of issue 5: per-cut scores on a dataset unlike ImageNet."""
+    """Per-cut scores and BN similarity on a dataset unlike ImageNet, printed with their
+    timings; every cut's linear probe beats chance by 3x."""
     bb = create_backbone("efficientnet_lite0")
     batches, labels = digits_batches(bb)
     start = time.perf_counter()

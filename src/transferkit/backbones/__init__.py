@@ -1,4 +1,4 @@
-"""Backbones: pretrained models cut at a chosen layer (DESIGN §2)."""
+"""Backbones: pretrained models, without their classifier, cut at a chosen layer."""
 
 from .base import Backbone, Block, weights_digest
 from .builtin import BUILTIN, DEFAULT_BACKBONE

@@ -1,8 +1,9 @@
-"""The ``Backbone`` contract (DESIGN §2): the one thing the rest of transferkit sees.
+"""The ``Backbone`` contract: the one thing the rest of transferkit sees of a model.
 
 A Backbone wraps any torch module and adds what transfer learning needs:
-``forward_features`` at a chosen cut, ``num_features``, ``data_config`` (R7), named
-``blocks`` in input-to-output order (whole units for unfreezing, R2) and the
+``forward_features`` at a chosen cut, ``num_features``, ``data_config`` (the
+preprocessing its weights were trained with), named ``blocks`` in input-to-output
+order (whole units, so fine-tuning unfreezes whole blocks, never half of one) and the
 ``cut_points`` a user may cut at. Everything after the cut is removed, so it neither
 runs nor counts as a weight.
 """
@@ -89,7 +90,8 @@ class Backbone(nn.Module):
         model: the wrapped network.
         name: a human-readable name ("efficientnet_lite0", "resnet18", ...).
         spec: how to rebuild it (what ``create_backbone`` accepted), for run configs.
-        data_config: preprocessing the weights were trained with (R7).
+        data_config: preprocessing the weights were trained with; images are always
+            prepared from it, never from constants of ours.
         features_fn: the full feature forward, e.g. timm's ``forward_features``;
             defaults to calling the model.
         cut: a cut point or any module name that runs; ``None`` keeps the full output.

@@ -12,7 +12,8 @@ architecture. Which timm variant, by evidence (scikit-image's ``chelsea`` and
 
 The weights were trained in TensorFlow ('same' padding, BN eps 1e-3, inputs scaled to
 [-1, 1]); ``tf_efficientnet_lite*`` reproduces exactly that and scores best with its
-own ``pretrained_cfg``, so that is what we build, preprocessing included (R7).
+own ``pretrained_cfg``, so that is what we build, and its images are prepared as that
+config says.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ and is handled here:
   ``trainable_weights`` and ``non_trainable_weights``. :mod:`transferkit.freezing`
   delegates to the ``transferkit_*`` methods of :class:`KerasModule` and
   :class:`KerasLayerGroup` for this.
-- BatchNorm (R3): a non-trainable Keras BN layer always runs in inference mode
+- BatchNorm: a non-trainable Keras BN layer always runs in inference mode
   (Keras's own rule). With policy ``frozen`` the whole base is called with
   ``training=False``, as the Keras guide does (``base_model(x, training=False)``);
   with ``train`` it follows the torch module's ``train()``/``eval()`` mode.

@@ -4,7 +4,7 @@ A *choke point* is an operation every path from the input to the output passes
 through (``mixed0`` ... ``mixed10`` in InceptionV3, each residual block's output in
 ResNet50): cutting there leaves nothing dangling. The *blocks* are the whole units
 between them, so unfreezing ``top:N`` never splits a conv from its BatchNorm nor a
-residual block from its skip connection (R2).
+residual block from its skip connection: fine-tuning unfreezes whole blocks.
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ Specs (options after commas, e.g. ``keras:InceptionV3,size=150``):
 - options: ``size=N`` or ``size=HxW`` (input size), ``preprocess=MODE`` (one of
   :data:`PREPROCESS_MODES`).
 
-Preprocessing (R7) is expressed as the backbone's ``data_config`` mean/std on the
-[0, 1] scale transferkit's transforms produce, so it is exact and recorded like any
-other backbone's; only ``caffe``'s RGB->BGR channel flip happens inside the module.
+Preprocessing, the model family's own, is expressed as the backbone's ``data_config``
+mean/std on the [0, 1] scale transferkit's transforms produce, so it is exact and
+recorded like any other backbone's; only ``caffe``'s RGB->BGR channel flip happens
+inside the module.
 """
 
 from __future__ import annotations

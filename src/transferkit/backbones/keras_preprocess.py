@@ -1,4 +1,4 @@
-"""Preprocessing of Keras models (R7), as transferkit data configs.
+"""Preprocessing of Keras models, each family its own, as transferkit data configs.
 
 Each ``keras.applications`` family expects its own input (Keras's
 ``preprocess_input``). Every mode here is written as ``data_config`` mean/std on the
@@ -71,7 +71,7 @@ def check_preprocess(mode: str) -> str:
 
 
 def keras_data_config(mode: str, size: tuple[int, int], channels: int) -> dict:
-    """The ``data_config`` (R7) for a preprocessing mode. Keras's own image loaders
+    """The ``data_config`` of a preprocessing mode. Keras's own image loaders
     resize the whole image to the input size (no crop, aspect not kept): ``squash``."""
     mean, std, bgr = PREPROCESS_MODES[mode]
     if bgr and channels != 3:

@@ -1,8 +1,8 @@
 """timm models as backbones: hub weights when online, a local file otherwise.
 
 The classifier is removed (``reset_classifier(0)``) and the features come from
-timm's ``forward_features``; preprocessing comes from the model's ``pretrained_cfg``
-(R7), never from constants of ours.
+timm's ``forward_features``; preprocessing comes from the model's own
+``pretrained_cfg``, never from constants of ours.
 """
 
 from __future__ import annotations

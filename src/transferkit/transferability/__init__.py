@@ -1,8 +1,9 @@
 """How well will a backbone transfer to this data? Scores measured before training.
 
-Rule R6 says the strategy follows data size x similarity, and that similarity is
-*measured*. This package measures it, cheaply enough to run per backbone and per cut
-layer before any training (seconds on thousands of examples, on CPU):
+Which strategy fits depends on how much data there is and how similar it is to the
+pretraining data, and that similarity should be *measured*, not guessed. This package
+measures it, cheaply enough to run per backbone and per cut layer before any training
+(seconds on thousands of examples, on CPU):
 
 - ``logme`` (``evidence``): the evidence of a Bayesian linear model on the features
   (You et al., ICML 2021). No training, no hyper-parameters; higher is better.

@@ -2,8 +2,8 @@
 
 A BatchNorm layer's running mean and variance summarise what its input looked like
 on the pretraining data. If the user's images give statistics far from those, the
-features from that depth on were learned for different data: rule R6's "different"
-case, where one cuts lower or fine-tunes everything.
+features from that depth on were learned for different data: the "dissimilar data"
+case of choosing a strategy, where one cuts lower or fine-tunes everything.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ def pooled_features_per_cut(
         backbone: a ``Backbone`` (or any module), or a zero-argument factory of one.
             A backbone already cut below a requested cut cannot produce it.
         batches: image tensors (B, C, H, W), or tuples whose first item is one,
-            preprocessed for the backbone (R7). Row order follows the batches.
+            preprocessed with the backbone's own data config. Row order follows the
+            batches.
         cuts: cut points (``Backbone.cut_points``) or module names; ``None``: all
             of the backbone's cut points.
         max_batches: stop after this many batches.

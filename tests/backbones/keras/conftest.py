@@ -1,4 +1,4 @@
-"""Keras backbones (issue 7): small Keras models built in the tests, saved as
+"""Keras backbones: small Keras models built in the tests, saved as
 ``.keras`` and ``.h5``; tiny images.
 
 These tests need Keras 3 (``pip install 'transferkit[keras]'``, part of the dev
@@ -37,7 +37,7 @@ def keras():
 
 def build_convnet(keras, size: int = 16, classes: int = 2):
     """Conv/BN stem, a residual block, a strided conv, Flatten, Dense and a softmax
-    classifier, every layer named (as in the seeds' ``flatten_1`` cut)."""
+    classifier, every layer named (as in the classic Keras tutorial's ``flatten_1`` cut)."""
     L = keras.layers
     inp = keras.Input((size, size, 3), name="img")
     x = L.Conv2D(4, 3, padding="same", name="conv1")(inp)

@@ -1,5 +1,6 @@
 """``keras:NAME`` backbones: ``keras.applications`` with ``include_top=False``, the
-seeds' InceptionV3 cut at ``mixed7``, preprocessing per family (R7), weights."""
+classic Keras tutorial's InceptionV3 cut at ``mixed7``, each family's own preprocessing,
+weights."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def inception_mixed7(keras):
 @pytest.mark.slow
 def test_inception_v3_at_150px_cut_at_mixed7_is_7x7x768(inception_mixed7):
     bb = inception_mixed7
-    assert bb.keras_output_shape == (7, 7, 768)  # as the seed's model.summary() shows
+    assert bb.keras_output_shape == (7, 7, 768)  # as the tutorial's model.summary() shows
     assert bb.feature_shape == (768, 7, 7) and bb.num_features == 768
     assert bb.cut == "mixed7" and bb.cut_points[-1] == "mixed7"
     assert [f"mixed{i}" for i in range(8)] == [c for c in bb.cut_points if c.startswith("mixed")]
@@ -39,7 +40,7 @@ def test_inception_v3_at_150px_cut_at_mixed7_is_7x7x768(inception_mixed7):
         len(km.trainable_weights),
         len(km.non_trainable_weights),
     )
-    # The seed's head: Flatten -> Dense(1024, relu) -> Dropout(0.2) -> Dense(1, sigmoid)
+    # The tutorial's head: Flatten -> Dense(1024, relu) -> Dropout(0.2) -> Dense(1, sigmoid)
     head = create_head(bb.feature_shape, 2, HeadConfig("flatten", hidden=1024, dropout=0.2))
     assert head.in_features == 7 * 7 * 768 and head.binary
 
@@ -55,7 +56,7 @@ def test_same_application_twice_gives_the_same_names(keras, inception_mixed7):
 @pytest.mark.parametrize("name", sorted(APPLICATIONS))
 def test_preprocessing_matches_keras_preprocess_input(keras, name):
     """transferkit's transform + the module's channel flip give what the application's
-    own ``preprocess_input`` gives, for every family (R7)."""
+    own ``preprocess_input`` gives, for every family."""
     mode, _ = APPLICATIONS[name]
     module = sys.modules[getattr(keras.applications, name).__module__]
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
 """Keras models as backbones: specs, cuts, layout, Keras's own counts, freezing and
-BatchNorm semantics, errors (issue 7)."""
+BatchNorm semantics, errors."""
 
 from __future__ import annotations
 

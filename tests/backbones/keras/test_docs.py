@@ -1,5 +1,5 @@
-"""docs/keras.md: the seeds' Keras walk-throughs run as written, on tiny data (the
-sizes the test changes are named in each replacement)."""
+"""docs/keras.md: the walk-throughs of the classic Keras tutorials run as written, on
+tiny data (the sizes the test changes are named in each replacement)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fit, fine-tune, save, reload and predict with Keras backbones (issue 7 acceptance):
+"""Fit, fine-tune, save, reload and predict with Keras backbones:
 the base's frozen Keras weights are bit-identical after phase 1, fine-tuning changes
 only the unfrozen block, a run reloads without the original model file."""
 
