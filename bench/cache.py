@@ -1,4 +1,4 @@
-"""Issue 8 benchmark: cold vs warm feature cache for ``fit --strategy feature-extract``.
+"""Benchmark: how much faster is ``fit --strategy feature-extract`` with a warm feature cache?
 
 On a Fashion-MNIST demo dataset (train + test PNGs), in one run:
 

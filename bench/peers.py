@@ -1,4 +1,4 @@
-"""Issue 8 benchmark: transferkit (auto) vs fastai and the Keras guide's recipe.
+"""Benchmark: does transferkit (auto) beat fastai and the Keras guide's recipe?
 
 Same data, backbone, weights, image size, preprocessing and seed for all three, run
 one after the other in one process:
@@ -229,7 +229,7 @@ def run_keras_recipe(splits, args) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     base = create_builtin_model(args.backbone)
-    data_config = timm_data_config(base)  # what transferkit uses (R7)
+    data_config = timm_data_config(base)  # the backbone's own preprocessing, as in transferkit
     base.reset_classifier(0)
     model = KerasStyleModel(base, base.num_features, len(splits.classes))
     tf = create_transform(data_config, train=False, image_size=args.image_size)
@@ -404,7 +404,8 @@ def machine_facts(threads: int, load_start: float) -> dict:
 
 
 def comparisons(results: dict) -> dict:
-    """Ratios against each peer, and the issue-8 targets met or not."""
+    """Ratios against each peer, and whether transferkit met its targets: at least
+    each peer's test accuracy, and at most 0.8x fastai's wall time."""
     tk = results.get("transferkit")
     out: dict = {}
     if not tk:

@@ -1,5 +1,6 @@
-"""Issue 4/5 benchmark: feature-extract vs fine-tune top:2 vs fine-tune all vs auto.
+"""Benchmark: does ``auto`` pick as well as the best fixed strategy, and at what cost?
 
+Feature-extract, fine-tune top:2, fine-tune all and auto, one after the other on
 Fashion-MNIST, N per class (train+val), 2,000 test images, efficientnet_lite0 at
 96 px, CPU. Each strategy starts from a cold feature cache so wall times compare.
 Prints JSON (and writes it with --out): test accuracy and seconds per strategy,

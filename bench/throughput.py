@@ -1,4 +1,4 @@
-"""Issue 8 benchmark: does feature extraction run at the backbone's speed?
+"""Benchmark: does feature extraction run at the backbone's speed?
 
 On the Fashion-MNIST PNGs of a demo dataset (train + validation + test), measures in
 one run, in images/s:
@@ -60,7 +60,7 @@ def loader_ips(dataset, batch_size: int, workers: int | None, device: torch.devi
 def bare_forward_ips(backbone, shape, n_images: int, batch_size: int, compute) -> float:
     """Backbone alone: the same batches the pipeline runs, from random tensors, with
     the same compute settings (precision, memory layout) as ``fit``."""
-    from transferkit.features import pool_features
+    from transferkit.features import pool
 
     device = compute.device
     shape = (batch_size, *shape)
@@ -74,7 +74,7 @@ def bare_forward_ips(backbone, shape, n_images: int, batch_size: int, compute) -
         _sync(device)
         start = time.perf_counter()
         for n in sizes:
-            pool_features(backbone.forward_features(x[:n]), "avg").float().cpu()
+            pool(backbone.forward_features(x[:n]), "avg").float().cpu()
         _sync(device)
     return n_images / (time.perf_counter() - start)
 
@@ -82,27 +82,23 @@ def bare_forward_ips(backbone, shape, n_images: int, batch_size: int, compute) -
 def pipeline_ips(backbone, dataset, digests, cache_dir: Path, args, compute) -> float:
     """The whole extraction as ``fit`` runs it, into an empty cache."""
     from transferkit.data import create_loader
-    from transferkit.features import FeatureCache
+    from transferkit.features import Extraction, FeatureCache
 
     cache = FeatureCache(cache_dir)
+    device = compute.device
 
-    def loader_factory(ds, bs):
+    def loader(ds, bs):
         return create_loader(ds, batch_size=bs, workers=args.workers, device=device.type)
 
-    device = compute.device
-    start = time.perf_counter()
-    feats = cache.get(
-        backbone,
-        dataset,
-        digests,
-        data_config=backbone.data_config,
+    extraction = Extraction(
         image_size=args.image_size,
         representation="avg",
-        batch_size=args.batch_size,
-        device=device,
-        loader_factory=loader_factory,
         compute=compute,
+        loader=loader,
+        batch_size=args.batch_size,
     )
+    start = time.perf_counter()
+    feats = cache.get(backbone, dataset, digests, extraction)
     _sync(device)
     seconds = time.perf_counter() - start
     if cache.stats.extracted != len(set(digests)) or len(feats) != len(digests):
