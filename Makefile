@@ -21,8 +21,9 @@ sysdeps:
 demo: $(STAMP) sysdeps
 	$(BIN)/python -m transferkit.demo
 
+# One test process per core; modules stay whole (their shared fixtures are built once).
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from transferkit.cli import main
 
 
@@ -34,3 +36,13 @@ def test_inspect_unknown_model_exits_2_with_one_line(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no_such_model" in err
     assert "Traceback" not in err
+
+
+def test_python_dash_m_transferkit_runs_the_command(monkeypatch, capsys):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["transferkit", "--version"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("transferkit", run_name="__main__")
+    assert done.value.code == 0 and "transferkit" in capsys.readouterr().out

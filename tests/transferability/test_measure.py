@@ -12,7 +12,7 @@ from transferkit import create_backbone
 from transferkit.transferability import bn_layers_by_cut, measure_per_cut, score_per_cut
 
 
-def digits_batches(bb, size: int = 32, batch: int = 256, n: int = 600):
+def digits_batches(bb, size: int = 32, batch: int = 200, n: int = 400):
     """sklearn's 8x8 digits as 3-channel images, resized and normalised as the
     backbone's pretraining was (its own data config)."""
     from sklearn.datasets import load_digits
