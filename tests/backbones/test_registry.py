@@ -27,9 +27,9 @@ def test_list_backbones_starts_with_builtins():
 
 
 def test_timm_random_init_and_cut():
-    bb = create_backbone("resnet18", weights="none", cut="layer3")
+    bb = create_backbone("test_resnet", weights="none", cut="layer3")
     assert bb.cut_points == ["conv1", "layer1", "layer2", "layer3", "layer4"]
-    assert bb.num_features == 256
+    assert bb.num_features == 192
     assert "timm" in bb.source
 
 
@@ -40,47 +40,47 @@ def test_offline_hub_gives_a_clear_error_fast(monkeypatch, tmp_path):
         create_backbone("resnet18")
 
 
-def _resnet18_state():
+def _test_resnet_state():
     torch.manual_seed(1)
-    return timm.create_model("resnet18", pretrained=False).state_dict()
+    return timm.create_model("test_resnet", pretrained=False).state_dict()
 
 
 def test_safetensors_checkpoint_with_architecture_metadata(tmp_path):
-    state = _resnet18_state()
-    path = tmp_path / "r18.safetensors"
+    state = _test_resnet_state()
+    path = tmp_path / "tr.safetensors"
     save_file(
         {k: v.contiguous() for k, v in state.items()},
         str(path),
-        metadata={"architecture": "resnet18"},
+        metadata={"architecture": "test_resnet"},
     )
     bb = create_backbone(str(path))
-    assert torch.equal(bb.model.conv1.weight, state["conv1.weight"])
+    assert torch.equal(bb.model.conv1[0].weight, state["conv1.0.weight"])
 
 
 def test_pth_checkpoint_with_sidecar_config_and_timm_name_with_weights(tmp_path):
-    state = _resnet18_state()
+    state = _test_resnet_state()
     path = tmp_path / "weights.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path)
     with pytest.raises(InputError, match="does not say its architecture"):
         create_backbone(str(path))
-    (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet18"}))
-    assert torch.equal(create_backbone(str(path)).model.conv1.weight, state["conv1.weight"])
-    bb = create_backbone("resnet18", weights=str(path))
-    assert torch.equal(bb.model.conv1.weight, state["conv1.weight"])
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_resnet"}))
+    assert torch.equal(create_backbone(str(path)).model.conv1[0].weight, state["conv1.0.weight"])
+    bb = create_backbone("test_resnet", weights=str(path))
+    assert torch.equal(bb.model.conv1[0].weight, state["conv1.0.weight"])
 
 
 def test_pickled_code_is_refused_not_executed(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": TinyNet()}, path)  # a pickled module, not a state dict
     with pytest.raises(InputError, match="cannot read weights file"):
-        create_backbone("resnet18", weights=str(path))
+        create_backbone("test_resnet", weights=str(path))
 
 
 def test_wrong_architecture_is_refused(tmp_path):
     path = tmp_path / "tiny.safetensors"
     save_file(TinyNet().state_dict(), str(path))
     with pytest.raises(InputError, match="does not fit"):
-        create_backbone("resnet18", weights=str(path))
+        create_backbone("test_resnet", weights=str(path))
 
 
 def test_torchscript_archive_is_refused_with_a_reason(tmp_path):

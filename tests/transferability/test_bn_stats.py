@@ -66,11 +66,11 @@ def test_gaussian_overlap_is_symmetric_and_scale_free():
 
 
 def test_bn_similarity_per_cut_of_a_backbone():
-    bb = create_backbone("resnet18", weights="none")
+    bb = create_backbone("test_resnet", weights="none")
     sim = bn_similarity(bb, batches_of(4))
     by_cut = bn_layers_by_cut(bb)
     assert list(by_cut) == bb.cut_points
-    assert by_cut["conv1"] == ["bn1"]
+    assert by_cut["conv1"] == ["conv1.1", "conv1.4", "bn1"]  # a deep stem, then its BN
     assert sorted(n for layers in by_cut.values() for n in layers) == sorted(
         n for n, _ in sim.per_layer
     )
@@ -80,9 +80,9 @@ def test_bn_similarity_per_cut_of_a_backbone():
 
 
 def test_bn_similarity_skips_layers_pruned_by_a_cut_and_models_without_bn():
-    bb = create_backbone("resnet18", weights="none", cut="layer1")
+    bb = create_backbone("test_resnet", weights="none", cut="layer1")
     names = [n for n, _ in bn_similarity(bb, batches_of(2)).per_layer]
-    assert names and all(n == "bn1" or n.startswith("layer1.") for n in names)
+    assert names and all(n == "bn1" or n.startswith(("conv1.", "layer1.")) for n in names)
     empty = bn_similarity(nn.Sequential(nn.Conv2d(3, 4, 1)), batches_of(2))
     assert empty == BNSimilarity(per_layer=[], overall=empty.overall)
     assert math.isnan(empty.overall) and empty.to_dict()["overall"] is None
@@ -90,7 +90,7 @@ def test_bn_similarity_skips_layers_pruned_by_a_cut_and_models_without_bn():
 
 
 def test_measure_per_cut_gives_both_measurements_from_one_pass():
-    bb = create_backbone("resnet18", weights="none")
+    bb = create_backbone("test_resnet", weights="none")
     x = batches_of(5)
     calls = []
     bb.model.conv1.register_forward_hook(lambda *_: calls.append(True))

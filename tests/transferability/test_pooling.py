@@ -12,15 +12,15 @@ from transferkit.transferability import pooled_features_per_cut
 
 
 def test_pooled_features_shapes_match_channels_at_each_resnet_cut():
-    bb = create_backbone("resnet18", weights="none")
+    bb = create_backbone("test_resnet", weights="none")
     feats = pooled_features_per_cut(bb, batches_of(5), bb.cut_points)
     assert list(feats) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
     assert {cut: f.shape for cut, f in feats.items()} == {
-        "conv1": (5, 64),
-        "layer1": (5, 64),
-        "layer2": (5, 128),
-        "layer3": (5, 256),
-        "layer4": (5, 512),
+        "conv1": (5, 32),
+        "layer1": (5, 32),
+        "layer2": (5, 48),
+        "layer3": (5, 192),
+        "layer4": (5, 96),
     }
     assert all(f.dtype == np.float32 for f in feats.values())
 
@@ -28,9 +28,9 @@ def test_pooled_features_shapes_match_channels_at_each_resnet_cut():
 def test_pooled_features_equal_those_of_a_backbone_cut_there():
     x = batches_of(4)
     torch.manual_seed(0)
-    full = create_backbone("resnet18", weights="none")
+    full = create_backbone("test_resnet", weights="none")
     torch.manual_seed(0)
-    cut = create_backbone("resnet18", weights="none", cut="layer2")
+    cut = create_backbone("test_resnet", weights="none", cut="layer2")
     feats = pooled_features_per_cut(full, x, ["layer2"])["layer2"]
     with torch.no_grad():
         expected = torch.cat([cut.eval()(b).mean(dim=(2, 3)) for b in x]).numpy()
