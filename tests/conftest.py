@@ -63,6 +63,17 @@ def trained(tmp_path_factory) -> Trained:
     return Trained(data, run, list(clf.classes_))
 
 
+def pytest_collection_finish(session):
+    """Keep the garbage collector off what the imports created (torch, timm, keras:
+    hundreds of thousands of objects that live as long as the test process), as the
+    `transferkit` command does: full collections during the tests, and the one at
+    exit, no longer scan them."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items):
     """Modules with slow tests first: with the suite spread over processes, the long
     ones start early instead of finishing last on one process while the others idle."""

@@ -180,6 +180,7 @@ def test_fit_leaves_the_garbage_collector_as_it_found_it(tmp_path, data):
     )
     # once per phase: get_freeze_count() walks every frozen object (~40 ms here)
     hook = [EpochEndHook(lambda phase, epoch: epoch == 1 and seen.append(gc.get_freeze_count()))]
+    frozen_by_the_session = gc.get_freeze_count() > 0  # tests/conftest.py freezes
     gc.unfreeze()
     clf.fit(data, callbacks=hook)
     assert seen and min(seen) > 0  # frozen during the fit
@@ -192,3 +193,5 @@ def test_fit_leaves_the_garbage_collector_as_it_found_it(tmp_path, data):
         assert gc.get_freeze_count() > before // 2
     finally:
         gc.unfreeze()
+        if frozen_by_the_session:
+            gc.freeze()
