@@ -157,10 +157,20 @@ class Predictor:
         chunks = []
         for start in range(0, len(images), self.batch_size):
             batch = [
-                np.asarray(self.transform(as_image(item, self.channels)), dtype=np.float32)
+                self._pixels(as_image(item, self.channels))
                 for item in images[start : start + self.batch_size]
             ]
-            chunks.append(self.probabilities(self.logits_fn(np.stack(batch))))
+            chunks.append(self._batch_probabilities(batch))
+        return self._joined(chunks)
+
+    def _pixels(self, image) -> np.ndarray:
+        """A PIL image as the model's float32 input (the run's evaluation transform)."""
+        return np.asarray(self.transform(image), dtype=np.float32)
+
+    def _batch_probabilities(self, pixels: list[np.ndarray]) -> np.ndarray:
+        return self.probabilities(self.logits_fn(np.stack(pixels)))
+
+    def _joined(self, chunks: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
 
     def predict_proba_files(
@@ -178,16 +188,14 @@ class Predictor:
             tensors = []
             for path in paths[start : start + self.batch_size]:
                 try:
-                    image = open_image(path, channels=self.channels)
-                    tensors.append(np.asarray(self.transform(image), dtype=np.float32))
+                    tensors.append(self._pixels(open_image(path, channels=self.channels)))
                 except InputError as exc:
                     failures.append(Failure(path, _reason(path, exc)))
                     continue
                 done.append(path)
             if tensors:
-                chunks.append(self.probabilities(self.logits_fn(np.stack(tensors))))
-        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
-        return done, probs, failures
+                chunks.append(self._batch_probabilities(tensors))
+        return done, self._joined(chunks), failures
 
     def predict(self, inputs: Sequence[str | os.PathLike], top_k: int = 1) -> PredictResult:
         """Predict every image that ``inputs`` (files, folders, globs) name.

@@ -16,7 +16,6 @@ Under torchrun every process calls it with the same arguments and the collective
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,10 +88,8 @@ def train(
     runtime = runtime or Runtime()
     features = features or FeatureCache(config.cache_dir)
     history = History()
-    inputs = _planned_inputs(backbone, splits, config, features, runtime)
-    inputs = dataclasses.replace(
-        inputs, callbacks=(history, ProgressReport(), Interruption(), *callbacks)
-    )
+    own = (history, ProgressReport(), Interruption())
+    inputs = _planned_inputs(backbone, splits, config, features, runtime, (*own, *callbacks))
     _check_processes_agree(inputs)
     torch.manual_seed(config.seed)
     result = get_strategy(inputs.config.strategy)(inputs)
@@ -114,7 +111,7 @@ def train(
     )
 
 
-def _planned_inputs(backbone, splits, config, features, runtime) -> TrainingInputs:
+def _planned_inputs(backbone, splits, config, features, runtime, callbacks) -> TrainingInputs:
     """Plan (measuring if needed), cut the backbone as planned, and seed the cache
     with what the measuring pass extracted."""
     advice = AdviceStore(features.root / "advice", writable=features.store.writable)
@@ -129,6 +126,7 @@ def _planned_inputs(backbone, splits, config, features, runtime) -> TrainingInpu
         plan=plan,
         runtime=runtime,
         features=features,
+        callbacks=callbacks,
     )
     _seed_cache(inputs, measurement)
     return inputs

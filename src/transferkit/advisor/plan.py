@@ -55,7 +55,7 @@ class Plan:
         )
 
 
-def decide(
+def measured_decision(
     backbone,
     splits,
     *,
@@ -64,13 +64,13 @@ def decide(
     workers: int | None = None,
     compute=None,
     allow_recut: bool = True,
-) -> Decision:
-    """Measure the data against ``backbone`` and decide (no memory; ``recommend``)."""
+) -> tuple[Measurement, Decision]:
+    """Measure the data against ``backbone`` and decide; returns both."""
     started = time.perf_counter()
     m = measure_splits(
         backbone, splits, image_size=image_size, seed=seed, workers=workers, compute=compute
     )
-    return decide_from(
+    decision = decide_from(
         m,
         backbone,
         splits,
@@ -78,6 +78,13 @@ def decide(
         allow_recut=allow_recut,
         started=started,
     )
+    return m, decision
+
+
+def decide(backbone, splits, **kwargs) -> Decision:
+    """Measure and decide, with no memory (``recommend``); keyword arguments as
+    :func:`measured_decision`'s."""
+    return measured_decision(backbone, splits, **kwargs)[1]
 
 
 def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
@@ -95,22 +102,14 @@ def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
         remembered = advice.get(path)
         if remembered is not None:
             return None, remembered
-    started = time.perf_counter()
-    m = measure_splits(
+    m, decision = measured_decision(
         backbone,
         splits,
         image_size=config.image_size,
         seed=config.seed,
         workers=config.workers,
         compute=compute,
-    )
-    decision = decide_from(
-        m,
-        backbone,
-        splits,
-        image_size_given=config.image_size is not None,
         allow_recut=allow_recut,
-        started=started,
     )
     if advice is not None:
         advice.put(path, decision)

@@ -46,26 +46,18 @@ def create_module_backbone(
         raise InputError(
             f"expected a torch.nn.Module (not TorchScript), got {type(module).__name__}"
         )
-    config = dict(IMAGENET_DATA_CONFIG, **(data_config or {}))
-    if hasattr(module, "forward_features") and hasattr(module, "reset_classifier"):
-        config = dict(timm_data_config(module), **(data_config or {}))
+    timm_like = hasattr(module, "forward_features") and hasattr(module, "reset_classifier")
+    defaults = timm_data_config(module) if timm_like else IMAGENET_DATA_CONFIG
+    if timm_like:
         module.reset_classifier(0)
-        return Backbone(
-            module,
-            name=name or type(module).__name__,
-            spec="<module>",
-            data_config=config,
-            features_fn=timm_forward_features,
-            cut=cut,
-            source="timm module",
-        )
     return Backbone(
         module,
         name=name or type(module).__name__,
         spec="<module>",
-        data_config=config,
+        data_config=dict(defaults, **(data_config or {})),
+        features_fn=timm_forward_features if timm_like else None,
         cut=cut,
-        source="module",
+        source="timm module" if timm_like else "module",
     )
 
 

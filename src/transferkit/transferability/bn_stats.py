@@ -158,5 +158,6 @@ def bn_similarity(
         the layer's own ``eps`` as BN adds it; and the mean over layers.
     """
     with BNCapture(backbone) as capture:
-        collect_features(backbone, batches, max_batches=max_batches, representation="map")
+        # the pass is what counts: its outputs are pooled (cheap) and dropped
+        collect_features(backbone, batches, max_batches=max_batches)
     return capture.similarity()

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from ..errors import InputError
 from ..features.extract import collect_features
 from .bn_stats import BNCapture, BNSimilarity
+from .pooling import every_cut
 
 
 def measure_per_cut(
@@ -36,9 +36,7 @@ def measure_per_cut(
         >>> bn.per_cut(bn_layers_by_cut(backbone))  # doctest: +SKIP
     """
     model = backbone if isinstance(backbone, nn.Module) else backbone()
-    cuts = list(cuts) if cuts is not None else list(getattr(model, "cut_points", None) or [])
-    if not cuts:
-        raise InputError("give at least one cut (a cut point or a module name)")
+    cuts = every_cut(model) if cuts is None else list(cuts)
     with BNCapture(model) as stats:
         feats = collect_features(
             model, batches, cuts=cuts, max_batches=max_batches, stop_early=False, **kwargs

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from ..errors import InputError
 from ..features.extract import collect_features
 
 
@@ -47,7 +46,11 @@ def pooled_features_per_cut(
         {'layer1': (4, 64), 'layer4': (4, 512)}
     """
     model = backbone if isinstance(backbone, nn.Module) else backbone()
-    cuts = list(cuts) if cuts is not None else list(getattr(model, "cut_points", None) or [])
-    if not cuts:
-        raise InputError("give at least one cut (a cut point or a module name)")
+    cuts = every_cut(model) if cuts is None else list(cuts)
     return collect_features(model, batches, cuts=cuts, max_batches=max_batches)
+
+
+def every_cut(model: nn.Module) -> list[str]:
+    """A backbone's cut points (what ``cuts=None`` means here); a plain module has none,
+    and extraction then asks for at least one."""
+    return list(getattr(model, "cut_points", None) or [])
