@@ -40,6 +40,18 @@ def private_cache_home(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """Three colour classes, 6 images each, 16 px: learnable in seconds. Read only."""
+    return make_image_folder(tmp_path_factory.mktemp("data"), per_class=6, size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Five images per class: small data, as the advisor counts it. Read only."""
+    return make_image_folder(tmp_path_factory.mktemp("five"), per_class=5, size=16)
+
+
 @pytest.fixture
 def tiny_net() -> TinyNet:
     torch.manual_seed(0)

@@ -79,6 +79,19 @@ def make_image_folder(
     return root
 
 
+# Few epochs on tiny data: what the fitting tests train with.
+FAST_FIT = {
+    "image_size": 16,
+    "lr": 1e-2,
+    "fine_tune_lr": 1e-3,
+    "epochs": 30,
+    "patience": 3,
+    "fine_tune_epochs": 2,
+    "batch_size": 8,
+    "workers": 0,
+}
+
+
 # A phase on a toy problem: 4 features, the class is the sign of the first.
 CE = Objective(nn.functional.cross_entropy, lambda z: z.softmax(1))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import TinyNet, make_image_folder
+from helpers import FAST_FIT, TinyNet
 from transferkit import InputError
 from transferkit.compute import Compute, create_compute, resolve_device, resolve_precision
 from transferkit.estimator import TransferClassifier
@@ -63,22 +63,7 @@ def test_bf16_precision_keys_the_feature_cache_apart():
     assert model_key(bb, bb.data_config, 16, "avg", "bf16") != fp32
 
 
-FAST = {
-    "image_size": 16,
-    "lr": 1e-2,
-    "fine_tune_lr": 1e-3,
-    "epochs": 3,
-    "patience": 3,
-    "fine_tune_epochs": 1,
-    "batch_size": 8,
-    "workers": 0,
-    "cut": "blocks.2",
-}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data"), per_class=6, size=16)
+FAST = {**FAST_FIT, "epochs": 3, "fine_tune_epochs": 1, "cut": "blocks.2"}
 
 
 def test_bf16_autocasts_extraction_and_fine_tuning_on_cpu(tmp_path, data):

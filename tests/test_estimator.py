@@ -11,28 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TinyNet, make_image_folder
+from helpers import FAST_FIT, TinyNet
 from transferkit import InputError
 from transferkit.config import FitConfig
 from transferkit.estimator import TransferClassifier
 from transferkit.heads import HeadConfig
 from transferkit.training import EpochEndHook
 
-FAST = {
-    "image_size": 16,
-    "lr": 1e-2,
-    "fine_tune_lr": 1e-3,
-    "epochs": 30,
-    "patience": 3,
-    "fine_tune_epochs": 2,
-    "batch_size": 8,
-    "workers": 0,
-}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data"), per_class=6, size=16)
+FAST = FAST_FIT
 
 
 def test_every_setting_is_an_explicit_keyword_with_fitconfigs_default():

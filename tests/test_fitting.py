@@ -9,26 +9,12 @@ import json
 import pytest
 import torch
 
-from helpers import TinyNet, make_image_folder
+from helpers import FAST_FIT, TinyNet
 from transferkit import InputError
 from transferkit.estimator import TransferClassifier
 from transferkit.training import Callback, EpochEndHook, TrainingInterrupted
 
-FAST = {
-    "image_size": 16,
-    "lr": 1e-2,
-    "fine_tune_lr": 1e-3,
-    "epochs": 30,
-    "patience": 3,
-    "fine_tune_epochs": 2,
-    "batch_size": 8,
-    "workers": 0,
-}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data"), per_class=6, size=16)
+FAST = FAST_FIT
 
 
 def _tiny(seed=0):

@@ -24,11 +24,6 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("five"), per_class=5, size=16)
-
-
-@pytest.fixture(scope="module")
 def larger_data(tmp_path_factory):
     return make_image_folder(
         tmp_path_factory.mktemp("forty"), per_class=40, size=16, layout="splits", test_per_class=6

@@ -11,25 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_image_folder
+from helpers import FAST_FIT
 from transferkit import create_backbone
 from transferkit.estimator import TransferClassifier
 from transferkit.training import EpochEndHook
 
-FAST = {
-    "lr": 1e-2,
-    "fine_tune_lr": 1e-3,
-    "epochs": 30,
-    "patience": 3,
-    "fine_tune_epochs": 2,
-    "batch_size": 8,
-    "workers": 0,
-}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data"), per_class=6, size=16)
+FAST = {k: v for k, v in FAST_FIT.items() if k != "image_size"}  # sizes vary here
 
 
 def _files(data):
