@@ -251,3 +251,22 @@ def test_fine_tuning_builds_its_loaders_once_per_phase(tmp_path, data, monkeypat
     clf.fit(data)
     assert clf.metrics_["phases"][1]["epochs_run"] == 3
     assert built.count(True) == 1  # the training loader
+
+
+def test_a_registered_strategy_is_a_setting_like_the_built_in_ones(tmp_path, data):
+    from transferkit.strategies import STRATEGIES, feature_extract, register_strategy
+
+    ran = []
+
+    def mine(inputs):
+        ran.append(inputs.config.strategy)
+        return feature_extract.run(inputs)
+
+    register_strategy("mine", mine)
+    try:
+        clf = _clf(tmp_path, strategy="mine").fit(data)
+    finally:
+        del STRATEGIES["mine"]
+    assert ran == ["mine"] and clf.metrics_["strategy"] == "mine"
+    with pytest.raises(InputError, match="strategy 'mine' is not one of"):
+        _clf(tmp_path, strategy="mine").fit(data)

@@ -15,7 +15,7 @@ from .errors import InputError
 from .freezing import BN_POLICIES
 from .heads import HeadConfig
 
-STRATEGIES = ("auto", "feature-extract", "fine-tune")
+STRATEGIES = ("auto", "feature-extract", "fine-tune")  # built in; the command line's choices
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -59,7 +59,7 @@ class FitConfig:
         """Check every setting; an :class:`InputError` names the first bad one, the
         value received and what is allowed. Returns ``self``."""
         for option, value, allowed in (
-            ("strategy", self.strategy, STRATEGIES),
+            ("strategy", self.strategy, _strategies()),
             ("--bn", self.bn, BN_POLICIES),
             ("--device", self.device, DEVICES),
             ("--precision", self.precision, PRECISIONS),
@@ -125,3 +125,11 @@ class FitConfig:
             raise InputError(f"cannot read config file {str(path)!r}: {exc}") from None
         data.update(overrides or {})
         return cls.from_dict(data)
+
+
+def _strategies() -> tuple[str, ...]:
+    """``auto`` and every strategy registered (``strategies.register_strategy``), so a
+    plugged-in strategy is a valid setting like the built-in ones."""
+    from .strategies import STRATEGIES as registered
+
+    return ("auto", *registered)

@@ -33,15 +33,6 @@ from ..progress import progress_iter
 
 log = logging.getLogger("transferkit")
 
-HOOKS = (
-    "on_phase_start",
-    "on_batch_end",
-    "on_validation_end",
-    "on_epoch_end",
-    "on_phase_end",
-    "on_interrupt",
-)
-
 
 class TrainingInterrupted(TransferkitError):
     """Ctrl-C during training; the message says how to resume."""
