@@ -26,6 +26,7 @@ from .compute import create_compute, resolve_device
 from .config import FitConfig
 from .errors import InputError
 from .features import FeatureCache
+from .resuming import data_difference, data_record, resumed_settings
 from .runs import Run
 from .train import TrainResult, train
 from .training import ResumeFromCheckpoint, Runtime
@@ -52,19 +53,25 @@ def fit(
     module=None,
     run_dir: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     callbacks=(),
 ) -> Fitted:
     """Fit ``data`` with ``config`` (``module``: a torch or Keras model object to
-    use as the backbone), writing ``run_dir`` if given. See the module docstring."""
+    use as the backbone), writing ``run_dir`` if given. See the module docstring.
+
+    ``run_dir`` must be new or empty; ``resume`` continues the interrupted fit there
+    (with the same data and settings), ``overwrite`` replaces a run there."""
     if resume and run_dir is None:
         raise InputError(
             "nothing to resume: resume=True needs run_dir, the interrupted fit's folder"
         )
+    config.validate()  # cheap checks before the folder is touched
     started = time.perf_counter()
     env = distributed.environment()
     run = Run(run_dir) if run_dir is not None and env.is_main else None  # rank 0 writes
     with contextlib.ExitStack() as stack:
         if run is not None:
+            stack.enter_context(run.claim(resume=resume, overwrite=overwrite))
             stack.enter_context(run.logging())
         if not env.is_main:
             stack.enter_context(_quiet())
@@ -72,11 +79,11 @@ def fit(
         device = resolve_device(asked, env.local_rank)
         collective = distributed.setup(device, env)
         stack.callback(distributed.teardown, collective)
-        config = _settings(config, run_dir if resume else None, collective)
+        config = _settings(config, run if resume else None, collective)
         if config.device != asked:  # a resumed run brings its own
             device = resolve_device(config.device, env.local_rank)
         runtime = Runtime(create_compute(device, config.precision, config.compile), collective)
-        fitted = _fit(data, config, module, run, runtime, callbacks)
+        fitted = _fit(data, config, module, run, runtime, callbacks, resume=resume)
         fitted.metrics["seconds_total"] = time.perf_counter() - started
         if collective.active:
             fitted.metrics = collective.broadcast_json(fitted.metrics)
@@ -86,29 +93,34 @@ def fit(
     return fitted
 
 
-def _settings(config: FitConfig, resume_dir, collective) -> FitConfig:
-    """The settings to train with: on resume, those saved in the run; rank 0's are
-    everyone's (the other processes may not see the run directory at all)."""
-    if resume_dir is not None and collective.is_main:
-        run = Run(resume_dir)
-        saved = run.saved_settings()
-        log.info("resuming the interrupted run in %s", run.path)
-        config = FitConfig.from_dict(saved)
+def _settings(config: FitConfig, resumed: Run | None, collective) -> FitConfig:
+    """The settings to train with: on resume, those saved in the run (refusing other
+    ones given); rank 0's are everyone's (the other processes may not see the run
+    directory at all)."""
+    if resumed is not None:
+        saved = FitConfig.from_dict(resumed.saved_settings())
+        config = resumed_settings(saved, config)
+        log.info("resuming the interrupted fit in %s", resumed.path)
     if collective.active:
         config = FitConfig.from_dict(collective.broadcast_json(config.to_dict()))
     return config.validate()
 
 
-def _fit(data, config: FitConfig, module, run: Run | None, runtime: Runtime, callbacks) -> Fitted:
+def _fit(
+    data, config: FitConfig, module, run: Run | None, runtime: Runtime, callbacks, *, resume
+) -> Fitted:
     collective = runtime.collective
     splits = _load_data(data, config, collective)
+    record = data_record(splits)
+    if resume:
+        _check_same_data(run, record, collective)
     torch.manual_seed(config.seed)  # --weights none: the random init follows --seed too
     backbone = create_backbone(module or config.backbone, weights=config.weights, cut=config.cut)
     collective.broadcast_module(backbone)  # rank 0's weights, whatever happened elsewhere
     if run is not None:
-        run.start(config.to_dict())
+        run.start(config.to_dict(), record)
     _log_start(config, splits, backbone, runtime)
-    own = run.callbacks() if run is not None else [ResumeFromCheckpoint(None)]
+    own = run.callbacks(resume=resume) if run is not None else [ResumeFromCheckpoint(None)]
     result = train(
         backbone,
         splits,
@@ -125,6 +137,18 @@ def _fit(data, config: FitConfig, module, run: Run | None, runtime: Runtime, cal
         data_report=splits.report.to_dict(),
         split=splits.split,
     )
+
+
+def _check_same_data(run: Run | None, record: dict, collective) -> None:
+    """--resume with other data than the interrupted fit's is refused (rank 0 judges)."""
+    difference = data_difference(run.saved_data(), record) if run is not None else None
+    if collective.active:
+        difference = collective.broadcast_json(difference)
+    if difference:
+        raise InputError(
+            f"--resume needs the interrupted fit's data, and {difference}; resume with "
+            "that data, or start over with --overwrite"
+        )
 
 
 def _load_data(data, config: FitConfig, collective):

@@ -14,6 +14,7 @@ model.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ._version import __version__
-from .atomic import atomic_write_text, file_sha256, save_tensors
+from .atomic import atomic_write_text, file_sha256, fsync_dir, save_tensors
 from .backbones import rebuild_backbone
 from .backbones.base import Backbone, weights_digest
 from .errors import InputError
@@ -41,6 +42,8 @@ from .run_files import (  # re-exported: the names and formats of a run's files
     read_history,
     to_json,
 )
+
+log = logging.getLogger("transferkit")
 
 
 def backbone_record(backbone: Backbone) -> dict:
@@ -63,12 +66,30 @@ def save_run(
     data_report: dict | None = None,
     predictions: list[dict] | None = None,
 ) -> Path:
-    """Write the run directory; returns its path."""
+    """Write the run directory; returns its path. ``config.json`` is written last, so
+    a folder with one holds a complete run."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    # a previous run here stops being one first, and leaves nothing the new one lacks
+    for name in (CONFIG, DATA_REPORT, PREDICTIONS):
+        (run / name).unlink(missing_ok=True)
     save_tensors(run / WEIGHTS, model.state_dict(), metadata={"format": "transferkit-run"})
+    atomic_write_text(run / METRICS, to_json(metrics))
+    atomic_write_text(run / HISTORY, history_csv(history))
+    if data_report is not None:
+        atomic_write_text(run / DATA_REPORT, to_json(data_report))
+    if predictions:
+        atomic_write_text(run / PREDICTIONS, predictions_csv(predictions, classes))
+    # last: config.json is what makes the folder a finished run (a kill before it
+    # leaves an interrupted fit, which --resume completes)
+    atomic_write_text(run / CONFIG, to_json(_run_config(model, classes, fit_config, run)))
+    fsync_dir(run)
+    return run
+
+
+def _run_config(model: TransferModel, classes, fit_config: dict, run: Path) -> dict:
     head = model.head
-    config = {
+    return {
         "transferkit_version": __version__,
         "classes": list(classes),
         "backbone": backbone_record(model.backbone),
@@ -84,14 +105,6 @@ def save_run(
         "fit": fit_config,
         "weights_sha256": file_sha256(run / WEIGHTS),
     }
-    atomic_write_text(run / CONFIG, to_json(config))
-    atomic_write_text(run / METRICS, to_json(metrics))
-    atomic_write_text(run / HISTORY, history_csv(history))
-    if data_report is not None:
-        atomic_write_text(run / DATA_REPORT, to_json(data_report))
-    if predictions:
-        atomic_write_text(run / PREDICTIONS, predictions_csv(predictions, classes))
-    return run
 
 
 @dataclass
@@ -114,8 +127,14 @@ def load_run(run_dir: str | Path, *, backbone: nn.Module | None = None) -> Loade
         raise InputError(f"{str(run)!r} is not a transferkit run directory (no {CONFIG})")
     try:
         config = json.loads((run / CONFIG).read_text())
-    except json.JSONDecodeError as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{str(run / CONFIG)!r} is not valid JSON: {exc}") from None
+    problem = _config_problem(config)
+    if problem:
+        raise InputError(
+            f"{str(run / CONFIG)!r} is not a usable run record: {problem}; "
+            "restore the file, or fit the run again"
+        )
     weights = run / WEIGHTS
     if not weights.is_file():
         raise InputError(f"{str(weights)!r} is missing")
@@ -140,6 +159,45 @@ def load_run(run_dir: str | Path, *, backbone: nn.Module | None = None) -> Loade
     freeze(model)
     model.eval()
     return LoadedRun(model, config, config["classes"], run)
+
+
+def _config_problem(config) -> str | None:
+    """What makes a run's config.json unusable (a missing key, a wild value), or None."""
+    if not isinstance(config, dict):
+        return "it is not a JSON object"
+    for key, kind in _CONFIG_KEYS.items():
+        if not isinstance(config.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    classes = config["classes"]
+    if len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        return "'classes' must list at least 2 class names"
+    if not isinstance(config["preprocessing"].get("data_config"), dict):
+        return "'preprocessing' lacks 'data_config'"
+    return _head_problem(config["head"], len(classes))
+
+
+def _head_problem(head: dict, n_classes: int) -> str | None:
+    for key, kind in (("in_features", int), ("num_classes", int), ("hidden", int)):
+        if not isinstance(head.get(key), kind) or isinstance(head.get(key), bool):
+            return f"head {key!r} is missing or not a whole number"
+    if head["num_classes"] != n_classes:
+        return f"head 'num_classes' is {head['num_classes']}, but {n_classes} classes are listed"
+    if not 0 < head["in_features"] <= _MAX_WIDTH or not 0 <= head["hidden"] <= _MAX_WIDTH:
+        return f"head widths {head['in_features']}/{head['hidden']} are out of range"
+    if not isinstance(head.get("pooling"), str) or not isinstance(head.get("dropout"), _NUMBER):
+        return "head 'pooling' or 'dropout' is missing"
+    return None
+
+
+_CONFIG_KEYS = {
+    "classes": list,
+    "backbone": dict,
+    "head": dict,
+    "preprocessing": dict,
+    "weights_sha256": str,
+}
+_MAX_WIDTH = 1 << 20
+_NUMBER = (int, float)
 
 
 def preprocessing_of(loaded: LoadedRun) -> tuple[dict, int | None]:
@@ -167,6 +225,7 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._log: _LogFile | None = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -178,33 +237,61 @@ class Run:
 
         return Checkpointer(self.path / CHECKPOINT_DIR)
 
-    def saved_settings(self) -> dict:
-        """The settings of the interrupted fit to resume; an error if there is none."""
+    def claim(self, *, resume: bool = False, overwrite: bool = False):
+        """A context that holds the folder for one fit: locked against a second fit,
+        checked against what is there (see :mod:`transferkit.run_folder`), left as it
+        was found if the fit is refused."""
+        from .run_folder import Claim
+
+        self._claim = Claim(self.path, resume=resume, overwrite=overwrite)
+        return self._claim
+
+    def _fit_record(self) -> dict:
         saved = self.path / CHECKPOINT_DIR / FIT_CONFIG
         if not saved.is_file():
             raise InputError(f"nothing to resume in {str(self.path)!r}: no checkpoint there")
         try:
-            return json.loads(saved.read_text())
+            record = json.loads(saved.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read {str(saved)!r}: {exc}") from None
+        return record if "settings" in record else {"settings": record, "data": None}
 
-    def start(self, settings: dict) -> None:
-        """Record the settings a resume will continue with."""
+    def saved_settings(self) -> dict:
+        """The settings of the interrupted fit to resume; an error if there is none."""
+        return self._fit_record()["settings"]
+
+    def saved_data(self) -> dict | None:
+        """The interrupted fit's data fingerprint (see :mod:`transferkit.resuming`)."""
+        return self._fit_record().get("data")
+
+    def start(self, settings: dict, data: dict | None = None) -> None:
+        """The fit is about to write: replace a previous run (``--overwrite``), open
+        train.log, and record the settings and data fingerprint a resume checks."""
+        claim = getattr(self, "_claim", None)
+        removed = claim.begin() if claim is not None else []
+        if self._log is not None:
+            self._log.open()
+        if removed:
+            log.info("--overwrite: removed the previous run's %s", ", ".join(removed))
         folder = self.path / CHECKPOINT_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / FIT_CONFIG, json.dumps(settings, indent=2))
+        record = {"format": 2, "settings": settings, "data": data}
+        atomic_write_text(folder / FIT_CONFIG, to_json(record))
 
-    def callbacks(self) -> list:
-        """Restore the phase's checkpoint at its start; save one after each epoch."""
+    def callbacks(self, *, resume: bool = False) -> list:
+        """Save a checkpoint after each epoch; with ``resume``, restore the phase's
+        checkpoint at its start (a new fit never restores one)."""
         from .training import Checkpoint, ResumeFromCheckpoint
 
         checkpointer = self.checkpointer
-        return [ResumeFromCheckpoint(checkpointer), Checkpoint(checkpointer)]
+        return [ResumeFromCheckpoint(checkpointer if resume else None), Checkpoint(checkpointer)]
 
     def logging(self):
         """A context in which the ``transferkit`` logger also writes to train.log
-        (DEBUG: per-epoch detail included; consoles keep their own level)."""
-        return _LogFile(self.path / LOG)
+        (DEBUG: per-epoch detail included; consoles keep their own level). Lines
+        logged before :meth:`start` wait in memory: a refused fit writes no file."""
+        self._log = _LogFile(self.path / LOG)
+        return self._log
 
     # -------------------------------------------------------------- after a fit
     def save(self, **record) -> Path:
@@ -230,30 +317,45 @@ class Run:
         return read_history(self.path)
 
 
-class _LogFile:
+class _LogFile(logging.Handler):
+    """train.log: a handler on the ``transferkit`` logger that keeps the records it
+    gets until :meth:`open`, then writes them and every later one to the file."""
+
     def __init__(self, path: Path):
+        super().__init__(logging.DEBUG)
         self.path = path
+        self.file: logging.FileHandler | None = None
+        self.pending: list[logging.LogRecord] = []
+
+    def open(self) -> None:
+        if self.file is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = logging.FileHandler(self.path, encoding="utf-8", errors="backslashreplace")
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        for record in self.pending:
+            self.file.handle(record)
+        self.pending.clear()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is not None:
+            self.file.handle(record)
+        else:
+            self.pending.append(record)
 
     def __enter__(self):
-        import logging
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(self.path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self.handler.setLevel(logging.DEBUG)
         logger = logging.getLogger("transferkit")
         self.level = logger.level
-        logger.addHandler(self.handler)
+        logger.addHandler(self)
         logger.setLevel(logging.DEBUG)
         for h in logger.handlers:  # consoles keep their own level; DEBUG goes to the file
-            if h is not self.handler and h.level == logging.NOTSET:
+            if h is not self and h.level == logging.NOTSET:
                 h.setLevel(logging.INFO)
         return self
 
     def __exit__(self, *exc) -> None:
-        import logging
-
         logger = logging.getLogger("transferkit")
-        logger.removeHandler(self.handler)
+        logger.removeHandler(self)
         logger.setLevel(self.level)
-        self.handler.close()
+        if self.file is not None:
+            self.file.close()
