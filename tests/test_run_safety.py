@@ -315,3 +315,40 @@ def test_a_fit_killed_while_saving_is_an_interrupted_fit_that_resume_completes(
     _fit(tmp_path, data, run, resume=True)
     _fit(tmp_path, data, tmp_path / "whole")
     assert _same_weights(_weights(run), _weights(tmp_path / "whole"))
+
+
+def test_two_fit_processes_into_one_folder_one_is_refused(tmp_path, data):
+    """Two ``transferkit fit`` commands started together on one --out: one trains,
+    the other is refused in one line, and the folder holds the one run."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    env = {**os.environ, "TRANSFERKIT_PROGRESS": "0"}
+    command = [
+        sys.executable,
+        *("-m", "transferkit", "fit", str(data), "--out", str(run)),
+        *("--backbone", "test_resnet", "--weights", "none", "--image-size", "16"),
+        *("--strategy", "fine-tune", "--fine-tune-epochs", "2", "--workers", "0"),
+        *("--cache-dir", str(tmp_path / "c")),
+    ]
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outcomes = sorted((p.wait(300), p.stderr.read().decode()) for p in procs)
+    (ok, _), (refused, message) = outcomes
+    assert (ok, refused) == (0, 2), outcomes
+    last = message.strip().splitlines()[-1]
+    assert last.startswith("transferkit: error: --out"), message
+    assert "in use by another fit" in last or "finished run" in last, message
+    assert folder_state(run) == "finished" and not (run / LOCK).exists()
+    assert load_run(run).classes == ["blue", "green", "red"]
+
+
+def test_overwrite_knows_the_report_builders_file_names():
+    from transferkit.reports.run_report import PLOTS, REPORT
+    from transferkit.run_folder import REPORT_FILES
+
+    assert REPORT_FILES == (REPORT, PLOTS)

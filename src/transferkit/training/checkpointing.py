@@ -14,6 +14,7 @@ there is no run directory.
 
 from __future__ import annotations
 
+import base64
 import logging
 
 from ..checkpoints import (
@@ -54,6 +55,8 @@ class ResumeFromCheckpoint(Callback):
 
 
 def _apply(state, doc: dict, best: dict) -> None:
+    if "rng" in doc and not state.runtime.collective.active:
+        set_rng_state(doc["rng"])
     state.resumed = True
     state.epoch = doc["epoch"]
     state.result = PhaseResult(**doc["result"])
@@ -82,6 +85,55 @@ def _share(state, doc, best):
     return doc, best
 
 
+def rng_state() -> dict:
+    """The random streams a training epoch draws from (dropout, augmentation), as
+    JSON: restored on resume, so the epochs after it draw what they would have."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "python": _jsonable(random.getstate()),
+        "numpy": _jsonable(np.random.get_state(legacy=True)),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    def tensor(text: str):
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+
+
+def _jsonable(value):
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 class Checkpoint(Callback):
     """After each epoch (fast phases: when the phase ends), save what a resume needs:
     weights, best weights, optimizer and scheduler state, epoch, result and the
@@ -96,6 +148,7 @@ class Checkpoint(Callback):
         if state.config.fast_epochs and not state.result.stopped:
             return
         doc = {
+            "rng": rng_state(),
             "epoch": state.epoch,
             "result": state.result.to_dict(),
             "callbacks": {k: cb.state_dict() for k, cb in stateful(state.callbacks).items()},
