@@ -51,7 +51,6 @@ def run_fit(data: str, run: str, cache: str, *, resume: bool = False, event: int
     from helpers import TinyNet
     from transferkit.config import FitConfig
     from transferkit.fitting import fit
-
     from transferkit.runs import Run
 
     torch.set_num_threads(1)
