@@ -43,3 +43,35 @@ def test_a_damaged_weights_file_is_refused_in_one_line(command, damaged_run, tra
     assert "model.safetensors" in err and "truncated or altered" in err
     assert "Traceback" not in err
     assert not (damaged_run / "m.onnx").exists()
+
+
+def _edit_config(run, edit):
+    import json
+
+    path = run / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda c: c.pop("head"), "'head' is missing"),
+        (lambda c: c["head"].update(num_classes=10**12), "'num_classes' is 1000000000000"),
+        (lambda c: c["head"].update(in_features=-3), "out of range"),
+        (lambda c: c["head"].pop("pooling"), "'pooling'"),
+        (lambda c: c.update(classes="cats"), "'classes'"),
+        (lambda c: c["preprocessing"].pop("data_config"), "'data_config'"),
+    ],
+    ids=["no-head", "wild-num-classes", "negative-width", "no-pooling", "classes", "no-prep"],
+)
+def test_a_config_json_missing_a_key_or_holding_a_wild_value_is_one_line(
+    edit, named, trained, tmp_path, capsys
+):
+    run = trained.copy(tmp_path / "run")
+    _edit_config(run, edit)
+    assert main(["predict", str(run), str(trained.data / "test")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("transferkit: error: "), err
+    assert "config.json" in err and named in err, err
