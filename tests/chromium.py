@@ -1,17 +1,23 @@
-"""Headless Chromium driven over its DevTools pipe, for the report tests: load a
-page, wait for every image, collect console errors and exceptions."""
+"""Headless Chromium for the report tests: driven over its DevTools pipe (load a
+page, wait for every image, collect console errors and exceptions), or run once per
+page for its ``--dump-dom`` and ``--screenshot`` modes; and the readers that pull
+text out of the dumped DOM."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import html
 import json
 import os
 import queue
+import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -168,3 +174,83 @@ def page_errors(events: list[dict]) -> list[str]:
 
 def find_browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+def run_headless(executable: str, profile: Path, *args: str, timeout: float = TIMEOUT_S) -> str:
+    """Run Chromium once in headless mode with ``args`` (``--dump-dom URL``,
+    ``--screenshot=PNG URL``, ...) and return what it printed on stdout.
+
+    Why a separate process per call: ``--dump-dom`` and ``--screenshot`` are
+    Chromium's own one-shot modes, independent of the DevTools driver above, so
+    a test that reads numbers off the rendered page checks what a user sees.
+    """
+    command = [
+        executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-extensions",
+        "--hide-scrollbars", f"--user-data-dir={profile}", *args,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium exited with {done.returncode}: {done.stderr[-500:]!r}")
+    return done.stdout.decode("utf-8")
+
+
+def dump_dom(executable: str, profile: Path, url: str) -> str:
+    """The page's DOM after Chromium loaded and laid it out (``--dump-dom``)."""
+    return run_headless(executable, profile, "--dump-dom", url)
+
+
+def screenshot(
+    executable: str, profile: Path, url: str, png: Path, size: tuple[int, int] = (1280, 2400)
+) -> Path:
+    """A PNG of the page as Chromium renders it, ``size`` pixels (width, height)."""
+    run_headless(
+        executable, profile, f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", url
+    )
+    return png
+
+
+class _TextsById(HTMLParser):
+    """Collects the text inside every element that has an ``id``, nested text included."""
+
+    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link",
+                      "meta", "source", "track", "wbr"})  # fmt: skip
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.open: list[str | None] = []
+        self.texts: dict[str, list[str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        element_id = dict(attrs).get("id")
+        if element_id:
+            self.texts.setdefault(element_id, [])
+        self.open.append(element_id)
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID and self.open:
+            self.open.pop()
+
+    def handle_data(self, data):
+        for element_id in self.open:
+            if element_id:
+                self.texts[element_id].append(data)
+
+
+def texts_by_id(page: str) -> dict[str, str]:
+    """``{id: text}`` for every element of ``page`` with an id, whitespace collapsed."""
+    parser = _TextsById()
+    parser.feed(page)
+    parser.close()
+    return {k: " ".join("".join(v).split()) for k, v in parser.texts.items()}
+
+
+def visible_text(page: str) -> str:
+    """The text of ``page``'s body, whitespace collapsed (style content left out)."""
+    body = re.sub(r"(?is)<(style|script)\b.*?</\1>", " ", page)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())

@@ -12,10 +12,11 @@ from .metrics import (
     compute_metrics,
     expected_calibration_error,
     most_confident_mistakes,
-    overfitting_gap,
 )
+from .overfitting import overfitting_gap
 from .plots import plot_confusion, plot_curves, plot_mistakes, plot_per_class
 from .run_report import write_run_report
+from .stats import wilson_interval
 
 __all__ = [
     "ClassMetrics",
@@ -30,6 +31,7 @@ __all__ = [
     "plot_mistakes",
     "plot_per_class",
     "render_report",
+    "wilson_interval",
     "write_report",
     "write_run_report",
 ]

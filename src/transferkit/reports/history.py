@@ -77,3 +77,45 @@ def phase_seconds(history: Sequence[Mapping]) -> dict[str, tuple[int, float]]:
         seconds = as_float(row.get("seconds"))
         out[phase_of(row)] = (n + 1, total + (0.0 if math.isnan(seconds) else seconds))
     return out
+
+
+def saved_epoch(
+    history: Sequence[Mapping], phases: Sequence[Mapping] | None
+) -> tuple[int, str] | None:
+    """The epoch whose weights the run saved, and its phase, from metrics.json's phases.
+
+    Each phase ends on its best epoch's weights (early stopping restores them), and a
+    phase whose ``best_epoch`` is 0 never beat the weights it started with: fine-tuning
+    starts from the head's best and keeps it when no epoch does better on validation.
+    So the saved weights are those of the last phase that improved, at its best epoch.
+    Epochs are global, numbered across phases as the history numbers them.
+
+    Returns None when no phase is recorded or none improved.
+
+    Example:
+        >>> phases = [{"name": "head", "epochs_run": 5, "best_epoch": 3},
+        ...           {"name": "fine-tune", "epochs_run": 2, "best_epoch": 0}]
+        >>> saved_epoch([], phases)
+        (3, 'head')
+    """
+    found, offset = None, 0
+    for phase in phases or []:
+        if not isinstance(phase, Mapping):
+            continue
+        name, best = str(phase.get("name") or HEAD_PHASE), as_float(phase.get("best_epoch"))
+        if best >= 1:
+            found = (_global_epoch(history, name, int(best), offset), name)
+        run = as_float(phase.get("epochs_run"))
+        offset += 0 if math.isnan(run) else int(run)
+    return found
+
+
+def _global_epoch(history: Sequence[Mapping], phase: str, phase_epoch: int, offset: int) -> int:
+    """The history's epoch number of ``phase``'s ``phase_epoch``-th epoch (the phases'
+    epoch counts before it, when the history does not record phase epochs)."""
+    for row in history:
+        if phase_of(row) == phase and as_float(row.get("phase_epoch")) == phase_epoch:
+            epoch = as_float(row.get("epoch"))
+            if not math.isnan(epoch):
+                return int(epoch)
+    return offset + phase_epoch

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from .history import history_epochs, history_series, phase_of
+from .overfitting import overfitting_gap  # noqa: F401  (its home before it had a module)
 
 
 @dataclass
@@ -182,105 +182,6 @@ def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray, k: int = 16) 
     return [int(i) for i in wrong[order][:k]]
 
 
-def overfitting_gap(history: Sequence[Mapping], *, gap_threshold: float = 0.10) -> dict:
-    """Say whether and when validation stopped improving, and how far train and val diverged.
-
-    Validation loss is the yardstick (validation accuracy when no loss was recorded), as
-    early stopping uses it. The model is called overfitting when, at the last epoch with
-    both values, training accuracy exceeds validation accuracy by more than
-    ``gap_threshold``, or when validation loss has risen over 10% above its best while
-    training loss kept falling.
-
-    Returns:
-        A dict with ``monitor``, ``best_epoch``, ``best_phase``, ``best_value``,
-        ``final_epoch``, ``epochs_since_best``, ``stopped_improving``, the latest
-        ``train_acc``, ``val_acc``, ``acc_gap`` (train - val), ``train_loss``,
-        ``val_loss``, ``loss_gap`` (val - train), ``overfitting`` and ``sentence`` (plain
-        language, for the report). Values that cannot be known are None.
-    """
-    rows = [r for r in history if isinstance(r, Mapping)]
-    out: dict = dict.fromkeys(_GAP_KEYS)
-    if not rows:
-        out["sentence"] = "No training history was recorded."
-        return out
-    epochs = history_epochs(rows)
-    series = {k: history_series(rows, k) for k in _SERIES}
-    monitor = (
-        "val_loss" if _has(series["val_loss"]) else "val_acc" if _has(series["val_acc"]) else None
-    )
-    last = len(rows) - 1
-    out["final_epoch"] = int(epochs[last])
-    out.update(_final_gaps(series))
-    if monitor is None:
-        out["sentence"] = "No validation metrics were recorded, so overfitting cannot be judged."
-        return out
-    values = series[monitor]
-    best = int(np.nanargmin(values) if monitor == "val_loss" else np.nanargmax(values))
-    out.update(
-        monitor=monitor,
-        best_epoch=int(epochs[best]),
-        best_phase=phase_of(rows[best]),
-        best_value=float(values[best]),
-        epochs_since_best=int(epochs[last] - epochs[best]),
-        stopped_improving=best < last,
-    )
-    rising = monitor == "val_loss" and _loss_diverged(series, best, last)
-    out["overfitting"] = bool(rising or (out["acc_gap"] or 0.0) > gap_threshold)
-    out["sentence"] = _gap_sentence(out, rising)
-    return out
-
-
-def _final_gaps(series: dict[str, np.ndarray]) -> dict:
-    """Train and val accuracy and loss, and their gaps, at the last epoch that recorded
-    both values of a pair (validation may run only every few epochs)."""
-    out = {}
-    for kind in ("acc", "loss"):
-        train, val = _last_pair(series[f"train_{kind}"], series[f"val_{kind}"])
-        out[f"train_{kind}"], out[f"val_{kind}"] = _none_if_nan(train), _none_if_nan(val)
-        out[f"{kind}_gap"] = _none_if_nan(train - val if kind == "acc" else val - train)
-    return out
-
-
-def _loss_diverged(series: dict[str, np.ndarray], best: int, last: int) -> bool:
-    """Validation loss ended over 10% above its best while training loss kept falling."""
-    return bool(
-        series["val_loss"][last] > 1.1 * series["val_loss"][best]
-        and series["train_loss"][last] < series["train_loss"][best]
-    )
-
-
-_SERIES = ("train_acc", "val_acc", "train_loss", "val_loss")
-_GAP_KEYS = (
-    "monitor", "best_epoch", "best_phase", "best_value", "final_epoch", "epochs_since_best",
-    "stopped_improving", *_SERIES, "acc_gap", "loss_gap", "overfitting", "sentence",
-)  # fmt: skip
-
-
-def _gap_sentence(g: dict, rising: bool) -> str:
-    what = "loss" if g["monitor"] == "val_loss" else "accuracy"
-    text = f"Validation {what} was best at epoch {g['best_epoch']} ({g['best_phase']} phase)"
-    if g["stopped_improving"]:
-        n = g["epochs_since_best"]
-        text += f" and did not improve in the {n} epoch{'s' if n != 1 else ''} after it."
-    else:
-        text += " and was still improving at the last epoch."
-    if g["acc_gap"] is not None:
-        text += (
-            f" At the end, training accuracy was {g['train_acc']:.1%} and validation accuracy"
-            f" {g['val_acc']:.1%} (a gap of {100 * g['acc_gap']:.1f} points)."
-        )
-    if rising:
-        text += " Validation loss rose while training loss kept falling."
-    if g["overfitting"]:
-        text += (
-            " The model is overfitting: keep the best checkpoint, and consider more data,"
-            " augmentation or a more strongly regularised head."
-        )
-    else:
-        text += " No sign of strong overfitting."
-    return text
-
-
 def _check_inputs(probs, labels, n_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert; errors name what was received (these come from user data)."""
     probs = np.asarray(probs, dtype=float)
@@ -323,16 +224,3 @@ def _top_k(probs: np.ndarray, labels: np.ndarray, ks: Iterable[int]) -> dict[int
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
-
-
-def _last_pair(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    both = np.flatnonzero(~np.isnan(a) & ~np.isnan(b))
-    return (float(a[both[-1]]), float(b[both[-1]])) if both.size else (math.nan, math.nan)
-
-
-def _has(values: np.ndarray) -> bool:
-    return bool((~np.isnan(values)).any())
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)

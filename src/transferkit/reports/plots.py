@@ -23,7 +23,8 @@ from PIL import Image
 from ..data.images import to_channels
 from ..errors import InputError
 from .history import history_epochs, history_series, phase_change_epoch
-from .metrics import Metrics, overfitting_gap
+from .metrics import Metrics
+from .overfitting import overfitting_gap
 
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#d62728"
@@ -38,7 +39,12 @@ MISTAKE_TITLE_PX = 36  # room for the grid's title
 MISTAKE_CAPTION_PX = 34  # two caption lines above each image
 
 
-def plot_curves(history: Sequence[Mapping], *, unfreeze_epoch: int | None = None) -> bytes:
+def plot_curves(
+    history: Sequence[Mapping],
+    *,
+    unfreeze_epoch: int | None = None,
+    best_epoch: int | None = None,
+) -> bytes:
     """Loss, accuracy and learning rate per epoch, train vs validation, both phases.
 
     Args:
@@ -46,9 +52,11 @@ def plot_curves(history: Sequence[Mapping], *, unfreeze_epoch: int | None = None
         unfreeze_epoch: the first epoch trained with the base unfrozen. A dashed line
             marks it, between that epoch and the one before. When None, it is taken from
             where the rows' ``phase`` changes (no line for a one-phase run).
+        best_epoch: the epoch whose weights were saved (``reports.history.saved_epoch``),
+            starred as "saved weights"; when None, the best validation epoch is starred.
 
-    The best validation epoch is starred, so "when validation stopped improving" is
-    visible at a glance: the report watches for overfitting.
+    The star makes "when validation stopped improving" visible at a glance: the report
+    watches for overfitting.
     """
     fig = Figure(figsize=(13, 3.9), dpi=DPI, layout="constrained")
     if not history:
@@ -57,15 +65,18 @@ def plot_curves(history: Sequence[Mapping], *, unfreeze_epoch: int | None = None
     epochs = history_epochs(history)
     if unfreeze_epoch is None:
         unfreeze_epoch = phase_change_epoch(history)
-    best = overfitting_gap(history)
+    label = "saved weights" if best_epoch is not None else "best val"
+    if best_epoch is None:
+        best_epoch = overfitting_gap(history)["best_epoch"]
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     marker = "o" if len(history) <= 40 else None
     for ax, kind, title in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
         _plot_train_val(ax, epochs, history, kind, marker)
         ax.set_title(title)
         ax.set_ylabel(title.lower())
-        if best["best_epoch"] is not None:
-            _star_best(ax, epochs, history_series(history, f"val_{kind}"), best["best_epoch"])
+        if best_epoch is not None:
+            values = history_series(history, f"val_{kind}")
+            _star_best(ax, epochs, values, best_epoch, label)
     ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     _plot_lr(ax_lr, epochs, history_series(history, "lr"), marker)
     for ax in (ax_loss, ax_acc, ax_lr):
@@ -271,10 +282,10 @@ def _mark_unfreeze(ax, unfreeze_epoch: int, last_epoch: float) -> None:
             rotation=90, ha="right", va="top", fontsize=8, color=MARK_COLOR)  # fmt: skip
 
 
-def _star_best(ax, epochs: np.ndarray, values: np.ndarray, best_epoch: int) -> None:
+def _star_best(ax, epochs: np.ndarray, values: np.ndarray, best_epoch: int, label: str) -> None:
     at = np.flatnonzero(epochs == best_epoch)
     if at.size and not np.isnan(values[at[0]]):
-        label = f"best val (epoch {best_epoch})"
+        label = f"{label} (epoch {best_epoch})"
         ax.plot([best_epoch], [values[at[0]]], marker="*", ms=13, color=VAL_COLOR,
                 markeredgecolor="black", ls="none", label=label, zorder=4)  # fmt: skip
 

@@ -69,10 +69,10 @@ def run_report_content(run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MI
         "history": history,
         "data_report": _read_json(run / DATA_REPORT),
         "decision": _decision(metrics_json, config),
-        "timings": _timings(metrics_json),
         "config": config,
         "mistakes": mistakes,
         "unfreeze_epoch": unfreeze_epoch(history),
+        "record": metrics_json or None,
     }
 
 
@@ -169,20 +169,6 @@ def _as_rows(value):
         {"layer": name, **{k: v for k, v in row.items() if not isinstance(v, dict | list)}}
         for name, row in value.items()
     ]
-
-
-def _timings(metrics_json: dict) -> dict | None:
-    timings: dict = {}
-    for phase in metrics_json.get("phases") or []:
-        epochs, stopped = phase.get("epochs_run"), phase.get("stopped")
-        label = f"{phase.get('name', 'phase')} phase"
-        if epochs is not None:
-            label += f" ({epochs} epoch{'s' if epochs != 1 else ''}"
-            label += f", stopped: {stopped})" if stopped else ")"
-        timings[label] = phase.get("seconds")
-    if metrics_json.get("seconds_total") is not None:
-        timings["total fit time"] = metrics_json["seconds_total"]
-    return timings or None
 
 
 def _title(run: Path, metrics_json: dict, split: str | None, metrics: Metrics | None) -> str:

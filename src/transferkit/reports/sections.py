@@ -19,6 +19,8 @@ import numpy as np
 from .history import phase_seconds
 from .metrics import Metrics
 from .plots import png_bytes, thumbnail
+from .stats import SMALL_SPLIT, TOO_FEW, as_count, interval_range, interval_text
+from .timings import human_duration, slug, timing_rows
 
 MAX_LIST_ITEMS = 50  # a data report can list thousands of bad files; the page stays readable
 MAX_TABLE_ROWS = 200
@@ -41,46 +43,93 @@ def section(anchor: str, heading: str, body: str) -> str:
     return f'<section id="{anchor}">\n<h2>{esc(heading)}</h2>\n{body}\n</section>'
 
 
-def summary_cards(metrics: Metrics | None, decision: Mapping | None, gap: dict) -> str:
-    """The headline numbers, first thing on the page."""
-    cards: list[tuple[str, str]] = []
+def summary_cards(
+    metrics: Metrics | None, decision: Mapping | None, gap: dict, record: Mapping | None = None
+) -> str:
+    """The headline numbers, first thing on the page: the saved model's accuracies
+    (metrics.json's, each with its 95% interval), the evaluated split's other metrics,
+    the strategy, the backbone and the epoch whose weights were saved."""
+    record = record or {}
+    cards = _accuracy_cards(record, metrics)
     if metrics is not None:
-        cards += [
-            ("accuracy", _pct(metrics.accuracy)),
-            ("balanced accuracy", _pct(metrics.balanced_accuracy)),
-        ]
-        cards += [
-            (f"top-{k} accuracy", _pct(v))
-            for k, v in sorted(metrics.top_k_accuracy.items())
-            if k > 1
-        ]
-        cards += [
-            ("macro F1", _num(metrics.macro_f1)),
-            ("calibration error (ECE)", _num(metrics.ece)),
-        ]
-        cards += [("examples evaluated", f"{metrics.n:,}")]
-    if decision and decision.get("strategy") is not None:
-        cards.append(("strategy", esc(decision["strategy"])))
+        cards += _metric_cards(metrics)
+    strategy = record.get("strategy") or (decision or {}).get("strategy")
+    if strategy is not None:
+        cards.append(("strategy", "strategy", esc(strategy), ""))
+    if record.get("backbone"):
+        cards.append(("backbone", "backbone", esc(record["backbone"]), ""))
     if gap.get("best_epoch") is not None:
-        cards.append(("best validation epoch", str(gap["best_epoch"])))
+        label = (
+            f"saved epoch ({gap['best_phase']} phase)"
+            if gap.get("from_phases")
+            else "best validation epoch"
+        )
+        cards.append(("saved-epoch", label, str(gap["best_epoch"]), ""))
+    return _cards_html(cards)
+
+
+def _accuracy_cards(record: Mapping, metrics: Metrics | None) -> list[tuple[str, str, str, str]]:
+    """Test and validation accuracy of the saved model, as metrics.json records them;
+    without them, the evaluated split's accuracy."""
+    cards = []
+    for split, name in (("test", "test"), ("val", "validation")):
+        accuracy = record.get(f"{split}_accuracy")
+        if _is_number(accuracy):
+            ci = interval_text(float(accuracy), as_count(record.get(f"n_{split}")))
+            cards.append((f"{split}-accuracy", f"{name} accuracy", _pct(accuracy), ci))
+    if not cards and metrics is not None:
+        ci = interval_text(metrics.accuracy, metrics.n)
+        cards.append(("accuracy", "accuracy", _pct(metrics.accuracy), ci))
+    return cards
+
+
+def _metric_cards(metrics: Metrics) -> list[tuple[str, str, str, str]]:
+    cards = [("balanced-accuracy", "balanced accuracy", _pct(metrics.balanced_accuracy), "")]
+    cards += [
+        (f"top-{k}-accuracy", f"top-{k} accuracy", _pct(v), "")
+        for k, v in sorted(metrics.top_k_accuracy.items())
+        if k > 1
+    ]
+    cards += [
+        ("macro-f1", "macro F1", _num(metrics.macro_f1), ""),
+        ("ece", "calibration error (ECE)", _num(metrics.ece), ""),
+        ("examples", "examples evaluated", f"{metrics.n:,}", ""),
+    ]
+    return cards
+
+
+def _cards_html(cards: list[tuple[str, str, str, str]]) -> str:
+    """Cards as ``(id, label, value HTML, note)``; the note is small print under the label."""
     if not cards:
         return ""
-    items = "".join(
-        f'<div class="card"><div class="v">{v}</div><div class="k">{esc(k)}</div></div>'
-        for k, v in cards
-    )
-    return f'<div class="cards">{items}</div>'
+    items = []
+    for key, label, value, note in cards:
+        few = " few" if note.endswith(TOO_FEW) else ""
+        small = f'\n<div class="ci{few}">{esc(note)}</div>' if note else ""
+        items.append(
+            f'<div class="card" id="card-{key}">\n<div class="v">{value}</div>\n'
+            f'<div class="k">{esc(label)}</div>{small}\n</div>'
+        )
+    return f'<div class="cards">{"".join(items)}</div>'
 
 
 def training_section(
-    history: Sequence[Mapping], curves_png: bytes | None, unfreeze_epoch: int | None, gap: dict
+    history: Sequence[Mapping],
+    curves_png: bytes | None,
+    unfreeze_epoch: int | None,
+    gap: dict,
+    record: Mapping | None = None,
 ) -> str:
-    """Curves for both phases, the unfreeze point, and the call-out that watches overfitting."""
+    """Curves for both phases, the unfreeze point, the call-out that watches
+    overfitting, and each phase's epochs and time (metrics.json's when recorded)."""
     if not history:
         return "<p>No training history was recorded for this run.</p>"
     level = {True: "warn", False: "ok"}.get(gap.get("overfitting"), "info")
+    if level == "ok" and gap.get("n_val") and gap["n_val"] < SMALL_SPLIT:
+        level = "info"
     parts = [
-        f'<p class="callout {level}"><strong>Overfitting check.</strong> {esc(gap["sentence"])}</p>'
+        f'<p class="callout {level}" id="overfitting"><strong>Overfitting check.</strong> '
+        f"{esc(gap['sentence'])}</p>"
     ]
     if curves_png is not None:
         parts.append(
@@ -91,21 +140,42 @@ def training_section(
         notes.append(
             f"The base was unfrozen at epoch {esc(unfreeze_epoch)} (dashed line, shaded after)."
         )
-    phases = [
-        f"{esc(name)}: {n} epoch{'s' if n != 1 else ''}, {esc(_duration(sec))}"
-        for name, (n, sec) in phase_seconds(history).items()
-    ]
-    notes.append("Phases — " + "; ".join(phases) + ".")
-    parts.append(f'<p class="note">{" ".join(notes)}</p>')
+    notes.append("Phases — " + "; ".join(_phase_notes(history, record)) + ".")
+    parts.append(f'<p class="note" id="phase-times">{" ".join(notes)}</p>')
     return "\n".join(parts)
+
+
+def _phase_notes(history: Sequence[Mapping], record: Mapping | None) -> list[str]:
+    """``"head: 5 epochs, 1.23 s"`` per phase: metrics.json's phase times (as the timings
+    table shows them) when recorded, else the sum of the history's epoch times."""
+    phases = [p for p in (record or {}).get("phases") or [] if isinstance(p, Mapping)]
+    if not phases:
+        return [
+            f"{esc(name)}: {_epochs(n)}, {esc(_duration(sec))}"
+            for name, (n, sec) in phase_seconds(history).items()
+        ]
+    rows = {r.key: r for r in timing_rows(record)}
+    notes = []
+    for phase in phases:
+        row = rows[f"phase-{slug(phase.get('name'))}"]
+        n = phase.get("epochs_run")
+        epochs = f"{_epochs(n)}, " if isinstance(n, int) else ""
+        notes.append(f"{esc(phase.get('name'))}: {epochs}{esc(row.text())}")
+    return notes
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def evaluation_section(
     metrics: Metrics, confusion_png: bytes | None, per_class_png: bytes | None
 ) -> str:
-    """Overall numbers, confusion matrix, per-class chart and table."""
+    """Overall numbers (accuracy with its 95% interval), a warning when few images
+    were evaluated, confusion matrix, per-class chart and table."""
+    ci = interval_text(metrics.accuracy, metrics.n)
     rows = [
-        ("accuracy", _pct(metrics.accuracy)),
+        ("accuracy", _pct(metrics.accuracy) + (f" ({esc(ci)})" if ci else "")),
         ("balanced accuracy", _pct(metrics.balanced_accuracy)),
     ]
     rows += [(f"top-{k} accuracy", _pct(v)) for k, v in sorted(metrics.top_k_accuracy.items())]
@@ -114,8 +184,13 @@ def evaluation_section(
         ("expected calibration error", _num(metrics.ece)),
     ]
     rows += [("examples", f"{metrics.n:,}"), ("classes", str(len(metrics.classes)))]
-    overall = "".join(f"<tr><th>{esc(k)}</th><td class=num>{v}</td></tr>" for k, v in rows)
-    parts = [f'<table class="kv">{overall}</table>']
+    overall = "".join(
+        f'<tr id="eval-{slug(k)}"><th>{esc(k)}</th><td class=num>{v}</td></tr>' for k, v in rows
+    )
+    parts = [
+        _small_split_callout(metrics.accuracy, metrics.n),
+        f'<table class="kv">{overall}</table>',
+    ]
     figs = [
         img_tag(p, alt)
         for p, alt in ((confusion_png, "Confusion matrix"), (per_class_png, "F1 per class"))
@@ -124,7 +199,18 @@ def evaluation_section(
     if figs:
         parts.append(f'<div class="figs">{"".join(figs)}</div>')
     parts.append(per_class_table(metrics))
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)
+
+
+def _small_split_callout(accuracy: float, n: int) -> str:
+    if n >= SMALL_SPLIT:
+        return ""
+    return (
+        f'<p class="callout info" id="small-split">Evaluated on only {n:,} images: an '
+        f"accuracy measured on so few is a rough estimate ({esc(interval_range(accuracy, n))}). "
+        "A difference of a few images between two runs says nothing about which is better; "
+        "a test split of a few hundred images would.</p>"
+    )
 
 
 def per_class_table(metrics: Metrics) -> str:
@@ -194,6 +280,16 @@ def timings_section(timings: Mapping) -> str:
     """Wall-clock times (values in seconds) in human units."""
     cells = {k: _duration(v) if _is_number(v) else value_html(v) for k, v in timings.items()}
     rows = "".join(f"<tr><th>{esc(k)}</th><td class=num>{v}</td></tr>" for k, v in cells.items())
+    return f'<table class="kv">{rows}</table>'
+
+
+def run_timings_section(record: Mapping) -> str:
+    """Each phase's time, the rest of the fit and the total, from metrics.json, in
+    numbers that add up as shown (see ``reports.timings``)."""
+    rows = "".join(
+        f'<tr id="time-{r.key}"><th>{esc(r.label)}</th><td class=num>{esc(r.text())}</td></tr>'
+        for r in timing_rows(record)
+    )
     return f'<table class="kv">{rows}</table>'
 
 
@@ -274,11 +370,4 @@ def _pct(value: object) -> str:
 def _duration(seconds: object) -> str:
     if not _is_number(seconds) or not math.isfinite(float(seconds)):
         return "—"
-    s = float(seconds)
-    if s < 60:
-        return f"{s:.1f} s"
-    minutes, s = divmod(s, 60)
-    if minutes < 60:
-        return f"{int(minutes)} min {s:.0f} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{int(hours)} h {int(minutes)} min"
+    return human_duration(float(seconds))
