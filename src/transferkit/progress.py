@@ -28,6 +28,63 @@ def silenced() -> Iterator[None]:
         _silenced.reset(token)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time, so a live progress bar (which
+    redirects stderr while it draws) prints the line above itself instead of through it."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def console_logging(quiet: bool = False) -> logging.Handler | None:
+    """Log lines of the ``transferkit`` logger to stderr (progress, phases, warnings);
+    ``quiet`` keeps only warnings, so ``--json`` output stays clean to pipe. Returns
+    the handler added, or None when one of ours was there already."""
+    if any(getattr(h, "_transferkit_console", False) for h in log.handlers):
+        return None
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    handler._transferkit_console = True
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
+@contextlib.contextmanager
+def reporting(verbose: bool = True) -> Iterator[None]:
+    """What a library call such as ``TransferClassifier.fit`` shows while it runs.
+
+    ``verbose``: the log lines and progress on stderr, as the command line shows them,
+    unless the program configured logging itself (then its handlers get the lines).
+    The logger is left as it was found afterwards. ``verbose=False``: no progress bars
+    or lines and no console lines (a run's train.log still gets everything)."""
+    if not verbose:
+        with silenced():
+            yield
+        return
+    if log.hasHandlers():
+        yield
+        return
+    level, propagate = log.level, log.propagate
+    handler = console_logging()
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
 def interactive() -> bool:
     if os.environ.get("TRANSFERKIT_PROGRESS") == "0":
         return False
