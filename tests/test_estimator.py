@@ -309,3 +309,65 @@ def test_evaluate_and_export_the_fitted_model(data, tmp_path):
     assert exported.predict(files).predictions[0].label == clf.predict(files)[0]
     loaded = TransferClassifier.load(tmp_path / "run")
     assert loaded.export(tmp_path / "run.pt", format="torchscript").path == tmp_path / "run.pt"
+
+
+# ------------------------------------------------------------------- progress
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run_batches(report, clock, *, epochs, steps, seconds, first=None):
+    """Feed a slow phase's batches through ``report`` as fit_phase does; each batch
+    takes ``seconds`` on the fake clock (the very first ``first``)."""
+    from types import SimpleNamespace
+
+    from transferkit.training import PhaseConfig, PhaseResult
+
+    state = SimpleNamespace(
+        name="fine-tune",
+        config=PhaseConfig(name="fine-tune", epochs=epochs),
+        epoch=0,
+        current_epoch=0,
+        result=PhaseResult("fine-tune"),
+    )
+    report.on_phase_start(state)
+    for epoch in range(2):
+        state.current_epoch = epoch + 1
+        for i, _ in enumerate(report.wrap_batches(state, list(range(steps)))):
+            clock.now += first if (epoch, i) == (0, 0) and first else seconds
+        state.epoch = epoch + 1
+    report.on_phase_end(state)
+
+
+def test_a_long_phase_is_announced_and_the_eta_is_the_phases(monkeypatch, caplog):
+    import logging
+
+    from transferkit.training import ProgressReport
+
+    monkeypatch.setenv("TRANSFERKIT_PROGRESS", "0")  # plain lines, as in a log file
+    clock = FakeClock()
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        _run_batches(ProgressReport(clock=clock), clock, epochs=15, steps=100, seconds=1, first=10)
+    lines = [r.getMessage() for r in caplog.records]
+    # 1 s a batch after a 10 s first one: 1,500 batches
+    assert "fine-tune: ~25 min for up to 15 epochs (estimated from the first 5 batches)" in lines
+    # the bar counts every batch of the phase: after 150 of 1,500 (159 s), 1,350 are left
+    assert "fine-tune epoch 2/15: 150/1500 batch (0.9 batch/s, ETA 24 min)" in lines
+
+
+def test_a_short_phase_is_not_announced(monkeypatch, caplog):
+    import logging
+
+    from transferkit.training import ProgressReport
+
+    monkeypatch.setenv("TRANSFERKIT_PROGRESS", "0")
+    clock = FakeClock()
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        _run_batches(ProgressReport(clock=clock), clock, epochs=15, steps=10, seconds=0.2)
+    assert not any("estimated from" in r.getMessage() for r in caplog.records)
