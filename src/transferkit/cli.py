@@ -245,8 +245,8 @@ def _shown_default(value) -> str | None:
 
 
 class _AmbiguousEpochs(argparse.Action):
-    """``--epochs`` would mean one phase to some and the whole fit to others: say which
-    flag does what instead of guessing."""
+    """A plain 'epochs' flag would mean one phase to some and the whole fit to
+    others: say which flag does what instead of guessing."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         d = fit_defaults()
@@ -651,9 +651,9 @@ def _command_parser(parser, argv: list[str]):
 
 
 def _close_options(flag: str, parser: argparse.ArgumentParser) -> list[str]:
-    """Options close to ``flag``: by spelling, by initials (``--learning-rate`` ->
-    ``--lr``) and by the words of their help (``--learning-rate`` -> the options that
-    set a learning rate)."""
+    """Options close to ``flag``: by spelling, by initials (learning-rate -> ``--lr``)
+    and by the words of their help (learning-rate -> the options whose help says
+    'learning rate')."""
     actions = [a for a in parser._actions if a.help != argparse.SUPPRESS]
     options = [s for a in actions for s in a.option_strings if s.startswith("--")]
     words = flag.lstrip("-").split("-")

@@ -147,36 +147,10 @@ class TransferClassifier(metaclass=_Settings):
         cache_dir: str | None = None,
         verbose: bool = True,
     ):
-        self.backbone = backbone
-        self.strategy = strategy
-        self.weights = weights
-        self.cut = cut
-        self.unfreeze = unfreeze
-        self.bn = bn
-        self.head = head
-        self.image_size = image_size
-        self.val_split = val_split
-        self.seed = seed
-        self.device = device
-        self.precision = precision
-        self.compile = compile
-        self.head_epochs = head_epochs
-        self.lr = lr
-        self.patience = patience
-        self.head_batch_size = head_batch_size
-        self.fine_tune_epochs = fine_tune_epochs
-        self.fine_tune_lr = fine_tune_lr
-        self.fine_tune_patience = fine_tune_patience
-        self.layer_decay = layer_decay
-        self.batch_size = batch_size
-        self.augment = augment
-        self.label_smoothing = label_smoothing
-        self.weight_decay = weight_decay
-        self.schedule = schedule
-        self.class_weight = class_weight
-        self.workers = workers
-        self.cache_dir = cache_dir
-        self.verbose = verbose
+        # every setting stored unchanged under its own name (scikit-learn's rule)
+        settings = dict(locals())
+        del settings["self"]
+        vars(self).update(settings)
 
     # ------------------------------------------------------------ parameters
     @classmethod
