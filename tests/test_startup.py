@@ -107,6 +107,7 @@ def test_the_command_freezes_the_collector_only_after_a_handlers_imports(monkeyp
 
     frozen = []
     monkeypatch.setattr(gc, "freeze", lambda: frozen.append("freeze"))
+    monkeypatch.setitem(cli._freeze_after_imports, "pending", False)  # restored after
     with pytest.raises(SystemExit):
         monkeypatch.setattr(sys, "argv", ["transferkit", "--version"])
         cli.entry_point()
