@@ -150,3 +150,16 @@ def test_optimizer_uses_the_fused_adam_kernel_by_default():
         None,
         False,
     )
+
+
+def test_print_summary_is_a_keras_style_table():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    freeze(model[0])
+    table = str(summary(model))
+    lines = table.splitlines()
+    assert lines[1].split() == ["Layer", "(type)", "Param", "#", "Trainable", "Non-trainable"]
+    assert lines[3].split() == ["0", "(Linear)", "15", "0", "15"]
+    assert lines[4].split() == ["1", "(BatchNorm1d)", "12", "6", "6"]  # + running stats
+    assert "Total params: 27 (6 weight tensors)" in table
+    assert "Trainable params: 6 (2)" in table and "Non-trainable params: 21 (4)" in table
+    assert repr(summary(model)).startswith("Summary(layers=[")  # repr keeps the fields

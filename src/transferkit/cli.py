@@ -1,22 +1,38 @@
 """The thin command line: parse the arguments, call the library, print the result.
 
 Exit status: 0 success, 2 usage or input error (one line), 1 unexpected failure.
+
+Nothing heavy is imported before the arguments are parsed: ``--help``, ``--version``
+and a mistyped command answer without torch (the parser's choices and defaults come
+from the torch-free :mod:`transferkit.choices`); each handler imports what it needs
+inside :func:`_loading`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
+import difflib
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from .compute import PRECISIONS
-from .config import DEVICES, STRATEGIES, FitConfig
+from .choices import (
+    BN_POLICIES,
+    CLASS_WEIGHTS,
+    DEVICES,
+    EXPORT_FORMATS,
+    EXPORT_OPSET,
+    POOLINGS,
+    PRECISIONS,
+    PREDICT_FORMATS,
+    STRATEGIES,
+    fit_defaults,
+    head_epochs_field,
+)
 from .errors import TransferkitError
-from .freezing import BN_POLICIES
-from .heads import POOLINGS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,8 +55,9 @@ def _add_inspect(sub) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from .backbones import create_backbone
-    from .backbones.introspect import layer_report
+    with _loading():
+        from .backbones import create_backbone
+        from .backbones.introspect import layer_report
 
     backbone = create_backbone(args.backbone, weights=args.weights, cut=args.cut)
     report = layer_report(backbone)
@@ -74,7 +91,8 @@ def _add_data(sub) -> None:
 
 
 def _run_data_check(args: argparse.Namespace) -> int:
-    from .data import check_data, render_text
+    with _loading():
+        from .data import check_data, render_text
 
     report = check_data(args.data, val_split=args.val_split, seed=args.seed)
     if args.json:
@@ -107,7 +125,8 @@ def _add_datasets(sub) -> None:
 
 
 def _run_datasets(args: argparse.Namespace) -> int:
-    from .data import write_dataset
+    with _loading():
+        from .data import write_dataset
 
     info = write_dataset(
         args.dataset, args.out, per_class=args.per_class, test=args.test, seed=args.seed
@@ -127,44 +146,115 @@ def _add_fit(sub) -> None:
     p.add_argument("data", help="folder of class sub-folders (or train/ val/ test/), or a CSV")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--config", help="JSON file of fit settings (flags override it)")
-    p.add_argument("--backbone", help="built-in name, timm name or checkpoint path")
-    p.add_argument("--weights", help="local weights file, or 'none' for random init")
-    p.add_argument("--cut", help="layer to cut the backbone at (see `inspect`)")
-    p.add_argument("--strategy", choices=STRATEGIES)
-    p.add_argument("--unfreeze", help="fine-tuning: 'all' or 'top:N' whole blocks")
-    p.add_argument("--bn", choices=BN_POLICIES, help="BatchNorm during fine-tuning")
-    p.add_argument("--epochs", type=int, help="max epochs of the head phase")
-    p.add_argument("--fine-tune-epochs", type=int, help="max epochs of the fine-tuning phase")
-    p.add_argument("--lr", type=float, help="head learning rate")
-    p.add_argument("--fine-tune-lr", type=float, help="fine-tuning learning rate (10-100x lower)")
-    p.add_argument("--layer-decay", type=float, help="layer-wise LR decay per block, e.g. 0.8")
-    p.add_argument(
-        "--batch-size", type=int, help="global batch; torchrun processes share it evenly"
-    )
-    p.add_argument("--image-size", type=int, help="square input size in pixels")
-    p.add_argument("--pooling", choices=POOLINGS, help="head pooling")
-    p.add_argument("--hidden", type=int, help="head hidden layer width (0: none)")
-    p.add_argument("--dropout", type=float, help="head dropout")
-    p.add_argument("--val-split", type=float, help="validation fraction when there is no val/")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=DEVICES)
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="forward passes: auto (bf16 on a GPU that has it, else fp32), fp32, bf16",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="torch.compile the model for fine-tuning and feature extraction",
-    )
-    p.add_argument("--workers", type=int, help="data loader processes (per process)")
-    p.add_argument("--cache-dir", help="feature cache folder")
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    for flags, options in _FIT_OPTIONS:
+        _add_fit_option(p, flags, **options)
+    p.add_argument("--epochs", nargs="?", action=_AmbiguousEpochs, help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace what an earlier run left in --out"
+    )
     p.add_argument("--json", action="store_true", help="print metrics.json when done")
     p.set_defaults(handler=_run_fit)
+
+
+# (flags, add_argument options): one per FitConfig setting; the default each shows in
+# --help is FitConfig's own (``choices.fit_defaults``), so it cannot go stale.
+_FIT_OPTIONS: tuple[tuple[tuple[str, ...], dict], ...] = (
+    (("--backbone",), {"help": "built-in name, timm name or checkpoint path"}),
+    (
+        ("--weights",),
+        {"help": "local weights file, or 'none' for random init (default: pretrained)"},
+    ),
+    (("--cut",), {"help": "layer to cut the backbone at, see `inspect` (default: measured)"}),
+    (("--strategy",), {"choices": STRATEGIES, "help": "how to train"}),
+    (("--unfreeze",), {"help": "fine-tuning: 'all' or 'top:N' whole blocks"}),
+    (("--bn",), {"choices": BN_POLICIES, "help": "BatchNorm during fine-tuning"}),
+    (
+        ("--head-epochs",),
+        {"type": int, "help": "max epochs of the head phase on cached features"},
+    ),
+    (("--fine-tune-epochs",), {"type": int, "help": "max epochs of the fine-tuning phase"}),
+    (("--lr",), {"type": float, "help": "head learning rate"}),
+    (("--fine-tune-lr",), {"type": float, "help": "fine-tuning learning rate, 10-100x lower"}),
+    (
+        ("--layer-decay",),
+        {"type": float, "help": "layer-wise LR decay per block, e.g. 0.8 (default: none)"},
+    ),
+    (
+        ("--batch-size",),
+        {"type": int, "help": "global fine-tuning batch; torchrun processes share it"},
+    ),
+    (
+        ("--image-size",),
+        {"type": int, "help": "square input size in pixels (default: from the data)"},
+    ),
+    (("--pooling",), {"choices": POOLINGS, "help": "head pooling"}),
+    (("--hidden",), {"type": int, "help": "head hidden layer width (0: none)"}),
+    (("--dropout",), {"type": float, "help": "head dropout"}),
+    (("--val-split",), {"type": float, "help": "validation fraction when there is no val/"}),
+    (
+        ("--class-weight",),
+        {
+            "choices": CLASS_WEIGHTS,
+            "help": "weigh each class by 1/its image count (default: every image counts once)",
+        },
+    ),
+    (("--seed",), {"type": int, "help": "seeds splits, initialisation and augmentation"}),
+    (("--device",), {"choices": DEVICES, "help": "where to compute; auto: CUDA when present"}),
+    (
+        ("--precision",),
+        {"choices": PRECISIONS, "help": "forward passes; auto: bf16 on a GPU that has it"},
+    ),
+    (
+        ("--compile",),
+        {"action": "store_true", "help": "torch.compile the model for extraction and fine-tuning"},
+    ),
+    (("--workers",), {"type": int, "help": "data loader processes per process (default: auto)"}),
+    (("--cache-dir",), {"help": "feature cache folder (default: ~/.cache/transferkit/features)"}),
+    (
+        ("--no-augment",),
+        {
+            "dest": "augment",
+            "action": "store_false",
+            "help": "train without augmentation (default: augmented)",
+        },
+    ),
+)
+
+
+def _add_fit_option(p, flags: tuple[str, ...], **options) -> None:
+    """A fit flag whose value is None when not given (so a --config file's value
+    stands), its help ending in FitConfig's default."""
+    dest = options.get("dest") or flags[0].lstrip("-").replace("-", "_")
+    default = fit_defaults().get(head_epochs_field() if dest == "head_epochs" else dest)
+    shown = _shown_default(default)
+    if shown is not None and "(default" not in options["help"]:
+        options["help"] += f" (default {shown})"
+    p.add_argument(*flags, default=None, **options)
+
+
+def _shown_default(value) -> str | None:
+    """How --help, README.md and docs/ write a default: on/off, 0.003, 100, avg."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class _AmbiguousEpochs(argparse.Action):
+    """A plain 'epochs' flag would mean one phase to some and the whole fit to
+    others: say which flag does what instead of guessing."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        d = fit_defaults()
+        parser.error(
+            f"{option_string} is ambiguous: use --head-epochs N (max epochs of the head on "
+            f"cached features, default {d[head_epochs_field()]}) or --fine-tune-epochs N "
+            f"(max epochs of fine-tuning, default {d['fine_tune_epochs']})"
+        )
 
 
 _HEAD_FLAGS = ("pooling", "hidden", "dropout")
@@ -175,7 +265,7 @@ _FIT_FLAGS = (
     "strategy",
     "unfreeze",
     "bn",
-    "epochs",
+    "head_epochs",
     "fine_tune_epochs",
     "lr",
     "fine_tune_lr",
@@ -183,6 +273,7 @@ _FIT_FLAGS = (
     "batch_size",
     "image_size",
     "val_split",
+    "class_weight",
     "seed",
     "device",
     "precision",
@@ -193,10 +284,20 @@ _FIT_FLAGS = (
 )
 
 
-def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
-    """defaults < --config file < flags."""
+def fit_config_from_args(args: argparse.Namespace):
+    """defaults < --config file < flags: the run's ``FitConfig``."""
+    import dataclasses
+
+    from .config import FitConfig
+    from .errors import InputError
+
     overrides = {k: getattr(args, k) for k in _FIT_FLAGS if getattr(args, k) is not None}
+    if "head_epochs" in overrides:
+        overrides[head_epochs_field()] = overrides.pop("head_epochs")
     base = FitConfig.from_file(args.config) if args.config else FitConfig()
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    for name in overrides.keys() - known:  # a flag ahead of the FitConfig in use
+        raise InputError(f"--{name.replace('_', '-')} is not supported by this version's fit")
     head = {k: getattr(args, k) for k in _HEAD_FLAGS if getattr(args, k) is not None}
     if head:
         overrides["head"] = dataclasses.replace(base.head, **head)
@@ -204,43 +305,41 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from .distributed import environment
-    from .estimator import TransferClassifier
+    with _loading():
+        from .distributed import environment
+        from .estimator import TransferClassifier
 
     _console_logging()
     cfg = fit_config_from_args(args)
     clf = TransferClassifier.from_config(cfg)
-    clf.fit(args.data, run_dir=args.out, resume=args.resume)
-    m = clf.metrics_
+    clf.fit(args.data, run_dir=args.out, resume=args.resume, overwrite=args.overwrite)
     if not environment().is_main:  # under torchrun: one report, from rank 0
         return 0
     if args.json:
-        _print_json(m)
-        return 0
-    line = f"val accuracy {m.get('val_accuracy', float('nan')):.4f}"
-    if "test_accuracy" in m:
-        line += f", test accuracy {m['test_accuracy']:.4f}"
-    print(
-        f"{line} ({m['strategy']}, {m['backbone']}, {m['seconds_total']:.1f}s); "
-        f"run saved to {args.out}"
-    )
+        _print_json(clf.metrics_)
+    else:
+        print(fit_summary(clf.metrics_, args.out))
     return 0
 
 
-def _console_logging(quiet: bool = False) -> None:
-    """Log lines to stderr (progress, phases); ``quiet`` keeps only warnings, so
-    ``--json`` output stays clean to pipe."""
-    import logging
+def fit_summary(m: dict, out) -> str:
+    """The line ``fit`` ends with: the scores there are, what was trained, where."""
+    if "val_accuracy" in m and m.get("n_val", 1):
+        scores = [f"val accuracy {m['val_accuracy']:.4f}"]
+    else:
+        scores = ["no validation images"]
+    if "test_accuracy" in m:
+        scores.append(f"test accuracy {m['test_accuracy']:.4f}")
+    return (
+        f"{', '.join(scores)} ({m['strategy']}, {m['backbone']}, {m['seconds_total']:.1f}s); "
+        f"run saved to {out}"
+    )
 
-    logger = logging.getLogger("transferkit")
-    if not any(getattr(h, "_transferkit_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.setLevel(logging.WARNING if quiet else logging.INFO)
-        handler._transferkit_console = True
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+
+def _console_logging(quiet: bool = False) -> None:
+    from .progress import console_logging
+
+    console_logging(quiet)
 
 
 # ----------------------------------------------------------------------- evaluate
@@ -263,8 +362,9 @@ def _add_inference_flags(p) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_run
-    from .reports.text import format_evaluation
+    with _loading():
+        from .evaluation import evaluate_run
+        from .reports.text import format_evaluation
 
     ev = evaluate_run(args.run, args.data, device=args.device, batch_size=args.batch_size)
     if args.json:
@@ -275,12 +375,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------ predict
-
-
-# Spelled out, not imported: the modules that own them pull in matplotlib and onnx
-# machinery, which every CLI call would then pay for (a test keeps them in sync).
-PREDICT_FORMATS = ("table", "json", "csv")
-EXPORT_FORMATS, EXPORT_OPSET = ("onnx", "torchscript"), 17
 
 
 def _add_predict(sub) -> None:
@@ -294,9 +388,10 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .predict import load_predictor
-    from .reports.text import format_failures, format_predictions
+    with _loading():
+        from .errors import InputError
+        from .predict import load_predictor
+        from .reports.text import format_failures, format_predictions
 
     predictor = load_predictor(args.run, device=args.device, batch_size=args.batch_size)
     result = predictor.predict(args.inputs, top_k=args.top_k)
@@ -321,16 +416,25 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run to ONNX or TorchScript (+ sidecar JSON)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--out", required=True, help="file to write; FILE.json goes beside it")
-    p.add_argument("--opset", type=int, default=EXPORT_OPSET, help="ONNX opset version")
+    p.add_argument(
+        "--format", choices=EXPORT_FORMATS, help="model format (default: from --out's suffix)"
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=EXPORT_OPSET,
+        help=f"ONNX opset version (default {EXPORT_OPSET})",
+    )
     p.set_defaults(handler=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    with _loading():
+        from .export import export_run
 
-    r = export_run(args.run, args.out, format=args.format, opset=args.opset)
+    chosen = {"format": args.format} if args.format else {}  # else export_run reads --out
+    r = export_run(args.run, args.out, opset=args.opset, **chosen)
     batches = " and ".join(map(str, r.batch_sizes))
     print(f"exported {r.format} to {r.path} (classes and preprocessing in {r.sidecar})")
     print(
@@ -350,7 +454,8 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .reports.run_report import write_run_report
+    with _loading():
+        from .reports.run_report import write_run_report
 
     print(write_run_report(args.run))
     return 0
@@ -372,7 +477,8 @@ def _add_recommend(sub) -> None:
 
 
 def _run_recommend(args: argparse.Namespace) -> int:
-    from .recommend import recommend
+    with _loading():
+        from .recommend import recommend
 
     _console_logging(quiet=args.json)
     decision = recommend(
@@ -409,8 +515,9 @@ def _add_rank(sub) -> None:
 
 
 def _run_rank(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .recommend import rank_backbones
+    with _loading():
+        from .errors import InputError
+        from .recommend import rank_backbones
 
     specs = [s.strip() for s in args.backbones.split(",") if s.strip()]
     if not specs:
@@ -450,7 +557,7 @@ _COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="transferkit",
         description="Transfer learning for small labelled image sets.",
     )
@@ -463,28 +570,141 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors that suggest what was probably meant."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_subparsers(self, **kwargs):
+        kwargs.setdefault("parser_class", _Parser)
+        return super().add_subparsers(**kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.prog == "transferkit":  # the root: unknown options first, by name
+            _check_options(self, sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        """``transferkit fit: error: ...`` on one line (with a 'did you mean' where a
+        close option exists), exit 2; the options are one ``--help`` away."""
+        self.exit(2, f"{self.prog}: error: {_suggest(message)} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help ends in the option's default where it has one and does not say it."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        shown = _shown_default(action.default)
+        if "(default" in text or shown is None or action.option_strings == []:
+            return text
+        if isinstance(action.default, bool) or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default {shown})"
+
+
+def _suggest(message: str) -> str:
+    """argparse's 'invalid choice' message with the closest choices appended."""
+    from .errors import did_you_mean
+
+    m = re.match(r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)$", message)
+    if not m:
+        return message
+    choices = re.findall(r"'([^']*)'", m.group(3))
+    return f"{m.group(1)}: invalid choice {m.group(2)!r}{did_you_mean(m.group(2), choices)}"
+
+
+def _check_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Find the (sub)command's parser and report the first option it does not have,
+    with the closest ones. Done before argparse parses, whose own message for a
+    mistyped option would come after a missing-argument one."""
+    command, rest = _command_parser(parser, argv)
+    known = [s for a in command._actions for s in a.option_strings]
+    for token in rest:
+        if token == "--":
+            return
+        flag = token.split("=", 1)[0]
+        if not flag.startswith("--") or any(k.startswith(flag) for k in known):
+            continue
+        hints = _close_options(flag, command)
+        hint = f"; did you mean {' or '.join(hints)}?" if hints else ""
+        command.error(f"unrecognized argument {flag}{hint}")
+
+
+def _command_parser(parser, argv: list[str]):
+    """The innermost parser that ``argv`` names (``data check``), and what follows it."""
+    for i, token in enumerate(argv):
+        if token.startswith("-"):
+            continue
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or token not in sub.choices:
+            return parser, argv
+        return _command_parser(sub.choices[token], argv[i + 1 :])
+    return parser, argv
+
+
+def _close_options(flag: str, parser: argparse.ArgumentParser) -> list[str]:
+    """Options close to ``flag``: by spelling, by initials (learning-rate -> ``--lr``)
+    and by the words of their help (learning-rate -> the options whose help says
+    'learning rate')."""
+    actions = [a for a in parser._actions if a.help != argparse.SUPPRESS]
+    options = [s for a in actions for s in a.option_strings if s.startswith("--")]
+    words = flag.lstrip("-").split("-")
+    hits = difflib.get_close_matches(flag, options, n=3, cutoff=0.7)
+    hits += [o for o in options if o[2:] == "".join(w[:1] for w in words)]
+    phrase = " ".join(words)
+    hits += [a.option_strings[-1] for a in actions if phrase in (a.help or "").lower()]
+    return list(dict.fromkeys(hits))[:3]
+
+
+_freeze_after_imports = {"pending": False}
+
+
+@contextlib.contextmanager
+def _loading() -> Iterator[None]:
+    """Import a handler's modules with the collector paused (see transferkit's
+    ``_import_heavy``); under the ``transferkit`` command, freeze what they created
+    once they are in (see :func:`entry_point`)."""
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        if _freeze_after_imports["pending"]:
+            _freeze_after_imports["pending"] = False
+            gc.freeze()
 
 
 def entry_point() -> None:
     """The ``transferkit`` command (and ``python -m transferkit``).
 
-    Before running the command it freezes (``gc.freeze``) what the imports created:
-    ~600,000 long-lived objects of torch, torchvision and timm, which later
-    collections and the ones the interpreter runs at exit would otherwise scan again
-    for nothing (~1 s of a warm ``transferkit fit``). Only the command does this: a
-    library import must not change the collector's state of the user's process."""
-    import gc
-
-    gc.freeze()
+    Once a command has imported what it needs, it freezes (``gc.freeze``) what those
+    imports created: ~600,000 long-lived objects of torch, torchvision and timm, which
+    later collections and the ones the interpreter runs at exit would otherwise scan
+    again for nothing (~1 s of a warm ``transferkit fit``). Only the command does this:
+    a library import must not change the collector's state of the user's process.
+    ``--help``, ``--version`` and usage errors import none of it and freeze nothing."""
+    _freeze_after_imports["pending"] = True
     sys.exit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or a usage error (2)
+        return done.code if isinstance(done.code, int) else 2
     try:
         return int(args.handler(args) or 0)
     except TransferkitError as exc:

@@ -25,20 +25,66 @@ import copy
 import dataclasses
 import gc
 import inspect
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from .choices import head_epochs_field
 from .config import FitConfig
-from .errors import InputError
+from .errors import InputError, close_matches
 from .heads import HeadConfig
 
 __all__ = ["TransferClassifier", "load"]
 
+# Settings of the estimator that are not FitConfig fields: how fit reports, not what
+# it trains.
+_NOT_FIT_SETTINGS = ("verbose",)
+# Old keyword -> its name now; the old one still works, with a FutureWarning.
+_RENAMED = {"epochs": "head_epochs"}
 
-class TransferClassifier:
+
+def _suggestion(name: str, names) -> str:
+    """ "; did you mean 'lr'?" (or two names), or an empty string."""
+    hits = close_matches(name, names, n=2)
+    return f"; did you mean {' or '.join(map(repr, hits))}?" if hits else ""
+
+
+def _renamed(params: dict, names) -> dict:
+    """``params`` with old keywords under their new names (with a FutureWarning)."""
+    out = dict(params)
+    for old, new in _RENAMED.items():
+        if old in out and old not in names:
+            warnings.warn(
+                f"TransferClassifier: {old}= is now {new}= (max epochs of the head phase; "
+                f"fine_tune_epochs= is the fine-tuning phase's)",
+                FutureWarning,
+                stacklevel=3,
+            )
+            out[new] = out.pop(old)
+    return out
+
+
+class _Settings(type):
+    """Makes ``TransferClassifier(lrr=1)`` fail with the closest settings named, while
+    ``__init__`` keeps one explicit keyword per setting (scikit-learn's rule, which
+    ``help()``, editors and ``sklearn.base.clone`` rely on)."""
+
+    def __call__(cls, *args, **kwargs):
+        names = cls._param_names()
+        kwargs = _renamed(kwargs, names)
+        for name in kwargs:
+            if name not in names:
+                raise TypeError(
+                    f"{cls.__name__}() got an unexpected keyword argument {name!r}"
+                    f"{_suggestion(name, names)}"
+                )
+        return super().__call__(*args, **kwargs)
+
+
+class TransferClassifier(metaclass=_Settings):
     """Transfer-learning image classifier. See the module docstring and
     docs/training.md for what each setting does; the defaults are ``FitConfig``'s.
 
@@ -56,10 +102,15 @@ class TransferClassifier:
         val_split: validation fraction when the data have no ``val/`` split.
         seed: seeds splits, initialisation, shuffling and augmentation.
         device, precision, compile: where and how to compute.
-        epochs, lr, patience, head_batch_size: the head phase (on cached features).
+        head_epochs, lr, patience, head_batch_size: the head phase (on cached
+            features); ``head_epochs`` is its ceiling (early stopping ends it sooner).
         fine_tune_epochs, fine_tune_lr, fine_tune_patience, layer_decay, batch_size,
             augment, label_smoothing, weight_decay, schedule: the fine-tuning phase.
+        class_weight: ``"balanced"`` weighs each class by 1/its image count; ``None``
+            counts every image once.
         workers: data loader processes; cache_dir: the feature cache folder.
+        verbose: show progress and log lines on stderr while fitting (when the
+            program has not configured logging itself); ``False`` is silent.
     """
 
     def __init__(  # noqa: PLR0913 - scikit-learn: one explicit keyword per setting
@@ -78,7 +129,7 @@ class TransferClassifier:
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
-        epochs: int = 100,
+        head_epochs: int = 100,
         lr: float = 3e-3,
         patience: int = 8,
         head_batch_size: int = 256,
@@ -91,37 +142,15 @@ class TransferClassifier:
         label_smoothing: float = 0.0,
         weight_decay: float = 1e-4,
         schedule: str = "cosine",
+        class_weight: str | None = None,
         workers: int | None = None,
         cache_dir: str | None = None,
+        verbose: bool = True,
     ):
-        self.backbone = backbone
-        self.strategy = strategy
-        self.weights = weights
-        self.cut = cut
-        self.unfreeze = unfreeze
-        self.bn = bn
-        self.head = head
-        self.image_size = image_size
-        self.val_split = val_split
-        self.seed = seed
-        self.device = device
-        self.precision = precision
-        self.compile = compile
-        self.epochs = epochs
-        self.lr = lr
-        self.patience = patience
-        self.head_batch_size = head_batch_size
-        self.fine_tune_epochs = fine_tune_epochs
-        self.fine_tune_lr = fine_tune_lr
-        self.fine_tune_patience = fine_tune_patience
-        self.layer_decay = layer_decay
-        self.batch_size = batch_size
-        self.augment = augment
-        self.label_smoothing = label_smoothing
-        self.weight_decay = weight_decay
-        self.schedule = schedule
-        self.workers = workers
-        self.cache_dir = cache_dir
+        # every setting stored unchanged under its own name (scikit-learn's rule)
+        settings = dict(locals())
+        del settings["self"]
+        vars(self).update(settings)
 
     # ------------------------------------------------------------ parameters
     @classmethod
@@ -134,13 +163,11 @@ class TransferClassifier:
 
     def set_params(self, **params) -> TransferClassifier:
         """Change settings by name; returns ``self``."""
-        names = set(self._param_names())
-        for name, value in params.items():
+        names = self._param_names()
+        for name, value in _renamed(params, names).items():
             if name not in names:
-                raise InputError(
-                    f"unknown parameter {name!r} for TransferClassifier "
-                    f"(parameters: {', '.join(sorted(names))})"
-                )
+                hint = _suggestion(name, names) or f" (parameters: {', '.join(names)})"
+                raise InputError(f"unknown parameter {name!r} for TransferClassifier{hint}")
             setattr(self, name, value)
         return self
 
@@ -158,22 +185,47 @@ class TransferClassifier:
         """An estimator with ``config``'s settings (``backbone``: a model object that
         replaces ``config.backbone``)."""
         params = {f.name: getattr(config, f.name) for f in dataclasses.fields(FitConfig)}
+        params["head_epochs"] = params.pop(head_epochs_field())
         if backbone is not None:
             params["backbone"] = backbone
         return cls(**params)
 
     def to_config(self) -> FitConfig:
         """The settings as a validated :class:`FitConfig` (what a run records)."""
-        params = self.get_params()
+        params = self._fit_settings()
         if not isinstance(params["backbone"], str):
             params["backbone"] = f"<module {type(params['backbone']).__name__}>"
         if params["head"] is None:
             params["head"] = HeadConfig()
         return FitConfig(**params).validate()
 
+    def _fit_settings(self) -> dict:
+        """The settings under FitConfig's field names. A setting FitConfig does not
+        have (yet) is dropped at its default and refused otherwise."""
+        params = self.get_params()
+        for name in _NOT_FIT_SETTINGS:
+            params.pop(name)
+        params[head_epochs_field()] = params.pop("head_epochs")
+        fields = {f.name for f in dataclasses.fields(FitConfig)}
+        defaults = inspect.signature(type(self).__init__).parameters
+        for name in sorted(params.keys() - fields):
+            if params.pop(name) != defaults[name].default:
+                raise InputError(f"{name}= is not supported by this version of FitConfig")
+        return params
+
     # -------------------------------------------------------------- training
-    def fit(self, X, y=None, *, run_dir: str | Path | None = None, resume=False, callbacks=()):
-        """Train; returns ``self``.
+    def fit(
+        self,
+        X,
+        y=None,
+        *,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        callbacks=(),
+    ):
+        """Train; returns ``self``. Progress and log lines go to stderr as
+        ``transferkit fit`` shows them (``verbose=False``: silent).
 
         Args:
             X: a folder (class sub-folders, or ``train/`` [``val/``] [``test/``]), a
@@ -181,6 +233,7 @@ class TransferClassifier:
             y: labels of ``X`` when ``X`` is a list of images.
             run_dir: write the run directory here (model, metrics, report, train.log).
             resume: continue the interrupted fit in ``run_dir``, with its settings.
+            overwrite: replace what an earlier fit left in ``run_dir``.
             callbacks: training callbacks (``transferkit.training``), e.g.
                 ``EpochEndHook(fn)``; they run in every phase.
 
@@ -190,10 +243,12 @@ class TransferClassifier:
         the same model and metrics.
         """
         from .fitting import fit
+        from .progress import reporting
 
         data = X if y is None else (X, y)
         module = None if isinstance(self.backbone, str) else _own_copy(self.backbone)
-        with _long_lived_objects_frozen():
+        replace = {"overwrite": True} if overwrite else {}  # fitting.fit's default is False
+        with _long_lived_objects_frozen(), reporting(self.verbose):
             fitted = fit(
                 data,
                 self.to_config(),
@@ -201,6 +256,7 @@ class TransferClassifier:
                 run_dir=run_dir,
                 resume=resume,
                 callbacks=list(callbacks),
+                **replace,
             )
         result = fitted.result
         self.model_ = result.model
@@ -211,6 +267,7 @@ class TransferClassifier:
         self.predictions_ = fitted.predictions
         self.data_report_ = fitted.data_report
         self.split_ = fitted.split
+        self.run_dir_ = Path(run_dir) if run_dir is not None else None
         return self
 
     # ------------------------------------------------------------- inference
@@ -224,11 +281,14 @@ class TransferClassifier:
         from .predict import Predictor
 
         self._check_fitted()
-        preprocessing = {
+        return Predictor.for_model(self.model_, self.classes_, self._preprocessing(), batch_size)
+
+    def _preprocessing(self) -> dict:
+        """What a run records as its preprocessing, from the fitted model."""
+        return {
             "data_config": self.model_.backbone.data_config,
             "image_size": self.config_.image_size,
         }
-        return Predictor.for_model(self.model_, self.classes_, preprocessing, batch_size)
 
     def predict_proba(self, images: Sequence, batch_size: int = 64) -> np.ndarray:
         """Class probabilities for image paths, PIL images or HxW[xC] uint8 arrays."""
@@ -243,6 +303,36 @@ class TransferClassifier:
         """Accuracy on ``images`` with true class names ``labels``."""
         predicted = self.predict(images)
         return float(np.mean([p == t for p, t in zip(predicted, labels, strict=True)]))
+
+    def evaluate(self, data, batch_size: int = 64):
+        """Every metric of the fitted model on labelled ``data`` (a folder or CSV; its
+        ``test/`` split if it has one): what ``transferkit evaluate`` reports, as an
+        :class:`~transferkit.evaluation.Evaluation` (``.metrics.accuracy``,
+        ``.to_dict()``)."""
+        from .evaluation import evaluate_predictor
+
+        return evaluate_predictor(self.predictor(batch_size), data)
+
+    def export(self, path: str | Path, format: str | None = None):
+        """Export the fitted model to ONNX or TorchScript (``format``; by default from
+        ``path``'s suffix) with its sidecar ``PATH.json``, checked against the torch
+        model as ``transferkit export`` does; returns the
+        :class:`~transferkit.export.ExportResult`."""
+        from .export import export_model, export_run
+
+        self._check_fitted()
+        chosen = {"format": format} if format is not None else {}
+        run_dir = getattr(self, "run_dir_", None)
+        if run_dir is not None:  # the saved run, named in the sidecar
+            return export_run(run_dir, path, **chosen)
+        return export_model(
+            self.model_,
+            path,
+            classes=self.classes_,
+            preprocessing=self._preprocessing(),
+            source={"model": "TransferClassifier (not saved)"},
+            **chosen,
+        )
 
     # ----------------------------------------------------------- persistence
     def save(self, run_dir: str | Path) -> Path:
@@ -276,6 +366,7 @@ class TransferClassifier:
         clf.config_ = cfg
         clf.metrics_ = loaded.metrics
         clf.history_ = run.history()
+        clf.run_dir_ = Path(run_dir)
         data_config, _ = preprocessing_of(loaded)
         clf.model_.backbone.data_config = data_config
         return clf

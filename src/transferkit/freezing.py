@@ -156,6 +156,31 @@ class Summary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __str__(self) -> str:
+        """The table Keras's ``model.summary()`` prints: one row per layer that holds
+        weights, then the totals (``print(summary(model))``)."""
+        head = ("Layer (type)", "Param #", "Trainable", "Non-trainable")
+        rows = [
+            (f"{r.name} ({r.type})", r.params, r.trainable_params, r.non_trainable_params)
+            for r in self.layers
+        ]
+        width = max([len(head[0]), *(len(r[0]) for r in rows)]) + 2
+        fmt = f"{{:<{width}}}{{:>14}}{{:>14}}{{:>16}}"
+        rule = "_" * (width + 44)
+        lines = [rule, fmt.format(*head), "=" * len(rule)]
+        lines += [fmt.format(name, *(f"{n:,}" for n in counts)) for name, *counts in rows]
+        return "\n".join(
+            [
+                *lines,
+                "=" * len(rule),
+                f"Total params: {self.params:,} ({self.weights} weight tensors)",
+                f"Trainable params: {self.trainable_params:,} ({self.trainable_weights})",
+                f"Non-trainable params: {self.non_trainable_params:,} "
+                f"({self.non_trainable_weights})",
+                rule,
+            ]
+        )
+
 
 def _counted_buffers(module: nn.Module) -> Iterable[torch.Tensor]:
     # Keras counts BN moving mean/variance as non-trainable weights. Integer

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from ..errors import TransferkitError
-from ..progress import progress_iter
+from ..progress import Estimate, Tracker, duration, progress_iter
 
 log = logging.getLogger("transferkit")
 
@@ -229,15 +230,27 @@ class History(Callback):
 
 
 class ProgressReport(Callback):
-    """Progress bars on a terminal (plain log lines elsewhere) and one log line per
-    epoch: per-batch bars for slow epochs; for fast ones (a head on cached features)
-    one bar over epochs, and the epoch lines at DEBUG (train.log keeps them)."""
+    """Progress on a terminal (plain log lines elsewhere) and one log line per epoch.
+
+    A fast phase (a head on cached features) gets one bar over its epochs, and its
+    epoch lines go to DEBUG (train.log keeps them). A slow phase gets one bar over
+    every batch of all its epochs, so the ETA is the phase's, not the epoch's; and
+    when its first batches say it will take over a minute, a line says how long,
+    before the wait: ``fine-tune: ~6 min for up to 15 epochs (estimated from the
+    first 5 batches)``. ``clock``: the time source (tests pass a fake one)."""
 
     order = 30
+    announce_after = 60.0  # seconds: shorter phases are not announced
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter, sample_batches: int = 5):
+        self.clock, self.sample_batches = clock, sample_batches
         self.live = ""
         self.epoch_status = ""
+        self.tracker: Tracker | None = None
+        self.estimate: Estimate | None = None
+
+    def on_phase_start(self, state) -> None:
+        self._close()
 
     def wrap_epochs(self, state, epochs: Iterable) -> Iterable:
         if not state.config.fast_epochs or state.result.stopped:  # resumed, finished
@@ -252,16 +265,28 @@ class ProgressReport(Callback):
 
     def wrap_batches(self, state, batches: Iterable) -> Iterable:
         self.live = ""
-        if state.config.fast_epochs:
+        if state.config.fast_epochs or not hasattr(batches, "__len__"):
             return batches
-        steps = getattr(batches, "__len__", None)
-        return progress_iter(
-            batches,
-            total=steps() if steps else None,
-            description=f"{state.name} epoch {state.current_epoch}/{state.config.epochs}",
-            unit="batch",
-            status=lambda: self.live,
-        )
+        if self.tracker is None:  # the phase's first epoch (after a resume: the next)
+            total = len(batches) * (state.config.epochs - state.epoch)
+            self.tracker = Tracker(total, state.name, unit="batch", clock=self.clock)
+            self.estimate = Estimate(total, self.sample_batches, self.clock)
+        return self._tracked(state, batches)
+
+    def _tracked(self, state, batches: Iterable) -> Iterator:
+        description = f"{state.name} epoch {state.current_epoch}/{state.config.epochs}"
+        for batch in batches:
+            yield batch
+            self.tracker.advance(self.live, description)
+            seconds = self.estimate.step()
+            if seconds is not None and seconds > self.announce_after:
+                log.info(
+                    "%s: ~%s for up to %d epochs (estimated from the first %d batches)",
+                    state.name,
+                    duration(seconds),
+                    state.config.epochs - state.epoch,
+                    self.estimate.sample,
+                )
 
     def on_batch_end(self, state, stats) -> None:
         self.live = f"loss {stats.loss:.3f} acc {stats.accuracy:.3f}"
@@ -280,6 +305,17 @@ class ProgressReport(Callback):
             val.accuracy,
             " *" if state.improved else "",
         )
+
+    def on_phase_end(self, state) -> None:
+        self._close()
+
+    def on_interrupt(self, state) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+        self.tracker = self.estimate = None
 
 
 class Interruption(Callback):
