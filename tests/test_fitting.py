@@ -162,7 +162,7 @@ def test_run_directory_contents(tmp_path, data):
             "none",
             "--image-size",
             "16",
-            "--epochs",
+            "--head-epochs",
             "10",
             "--lr",
             "0.01",

@@ -40,7 +40,7 @@ FIT_ARGS = [
     "16",
     "--strategy",
     "fine-tune",
-    "--epochs",
+    "--head-epochs",
     "5",
     "--fine-tune-epochs",
     "2",

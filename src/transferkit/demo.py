@@ -39,7 +39,10 @@ def main() -> int:
         f"transferkit demo: fitting {data} with the defaults (backbone efficientnet_lite0, "
         "strategy auto)"
     )
-    rc = cli_main(["fit", str(data), "--out", str(run)])
+    again = ["--overwrite"] if (run / "config.json").is_file() else []  # a re-run replaces it
+    if again:
+        print(f"transferkit demo: {run} holds the last demo run; this one replaces it")
+    rc = cli_main(["fit", str(data), "--out", str(run), *again])
     if rc:
         return rc
     metrics = json.loads((run / "metrics.json").read_text())
