@@ -54,8 +54,8 @@ def test_feature_extract_from_a_saved_h5_leaves_keras_weights_bit_identical(
     rc = main(
         [
             "fit", str(data), "--out", str(run), "--backbone", str(keras_files["h5"]),
-            "--cut", "flatten_1", "--strategy", "feature-extract", "--head-epochs", "20", "--lr", "0.01",
-            "--workers", "0",
+            "--cut", "flatten_1", "--strategy", "feature-extract", "--head-epochs", "20",
+            "--lr", "0.01", "--workers", "0",
             "--cache-dir", str(tmp_path / "cache"), "--hidden", "16",
         ]
     )  # fmt: skip
