@@ -8,6 +8,7 @@ never changes them; everything it produces is in its result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -124,6 +125,34 @@ def cached_features(inputs: TrainingInputs, examples, split: str, collective=Non
 
 def labels_of(examples) -> torch.Tensor:
     return torch.tensor([e.label for e in examples], dtype=torch.long)
+
+
+def objective(inputs: TrainingInputs, head):
+    """What both phases train by: the head's loss with the fit's label smoothing and,
+    with ``class_weight="balanced"``, each class weighted by the training labels
+    (``n_samples / (n_classes * count)``)."""
+    from ..heads import balanced_class_weights
+    from ..training import Objective
+
+    weights = None
+    if inputs.config.class_weight == "balanced":
+        weights = balanced_class_weights(labels_of(inputs.splits.train), inputs.num_classes)
+    return Objective.of_head(head, inputs.config.label_smoothing, weights)
+
+
+def has_validation(inputs: TrainingInputs) -> bool:
+    """Whether there are validation images to stop early and keep the best epoch by.
+    Without them a phase runs all its epochs and keeps the last."""
+    return bool(inputs.splits.val)
+
+
+def kept_last(inputs: TrainingInputs, result: PhaseResult) -> PhaseResult:
+    """``result`` as it is, or, for a phase without validation images, marked as
+    keeping its last epoch, with no validation scores (NaN, not a loss of 0)."""
+    if not has_validation(inputs):
+        result.best_epoch = result.epochs_run
+        result.best_val_loss = result.best_val_accuracy = math.nan
+    return result
 
 
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None):
