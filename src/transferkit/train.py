@@ -25,7 +25,7 @@ import torch
 from .advisor import AdviceStore, Plan, make_plan
 from .backbones import recut_backbone
 from .config import FitConfig
-from .errors import TransferkitError
+from .errors import InputError, TransferkitError
 from .features import FeatureCache, representation_for
 from .heads import TransferModel
 from .strategies import get_strategy
@@ -85,6 +85,7 @@ def train(
         features: the feature cache (default: ``FitConfig.cache_dir``'s).
         runtime: device, precision, layout, and the torchrun processes.
     """
+    backbone = check_settings(backbone, config)  # before any image is read
     runtime = runtime or Runtime()
     features = features or FeatureCache(config.cache_dir)
     history = History()
@@ -111,6 +112,67 @@ def train(
     )
 
 
+def check_settings(backbone, config: FitConfig):
+    """Judge the settings that only the backbone can judge, in milliseconds and
+    before any image goes through it, so a mistake costs no feature extraction:
+    ``cut`` names one of its layers, ``unfreeze`` top:N has N blocks to take, the
+    image size is one it takes. Returns the backbone, cut at ``config.cut`` if it
+    is cut elsewhere. Raises :class:`InputError` naming the setting, the value and
+    what is allowed."""
+    if config.cut is not None and config.cut != backbone.cut:
+        backbone = recut_backbone(backbone, config.cut)  # an unknown layer is refused
+    top = config.unfreeze_top()
+    blocks = len(backbone.blocks)
+    if top is not None and top > blocks:
+        allowed = f"top:1 to top:{blocks}, or all" if blocks else "all"
+        raise InputError(
+            f"--unfreeze {config.unfreeze}: {backbone.name} cut at {backbone.cut} has "
+            f"{blocks} block{'s' * (blocks != 1)}; use {allowed} "
+            f"(`transferkit inspect {backbone.spec}` lists them)"
+        )
+    if config.image_size is not None and config.image_size != backbone.input_size[1]:
+        _check_image_size(backbone, config)
+    return backbone
+
+
+def _check_image_size(backbone, config: FitConfig) -> None:
+    """One blank image at ``config.image_size`` through the backbone (milliseconds):
+    a backbone that takes only its own size, or a head that flattens maps sized
+    for it, fails here instead of after the feature extraction."""
+    size, own = config.image_size, backbone.input_size[1]
+    fix = f"use {own} (its own size) or leave --image-size out"
+    if getattr(backbone, "fixed_input_size", False):
+        raise InputError(f"--image-size {size}: {backbone.name} takes only {own} px images; {fix}")
+    try:
+        shape = probe_feature_shape(backbone, size)
+    except Exception as exc:  # any failure of the model at this size
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"--image-size {size}: {backbone.name} cannot take {size} px images ({first}); {fix}"
+        ) from None
+    if config.head.pooling == "flatten" and shape != tuple(backbone.feature_shape):
+        raise InputError(
+            f"--pooling flatten with --image-size {size}: the flattened features at "
+            f"{size} px have shape {shape}, not the {tuple(backbone.feature_shape)} the head "
+            f"is sized for at {own} px; use --pooling avg or max, or {fix}"
+        )
+
+
+@torch.no_grad()
+def probe_feature_shape(backbone, size: int) -> tuple[int, ...]:
+    """The per-image feature shape of ``backbone`` at ``size`` px, from one blank
+    image, in eval mode (BatchNorm statistics untouched)."""
+    param = next(backbone.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(1, backbone.input_size[0], size, size, device=device)
+    was = backbone.training
+    backbone.eval()
+    try:
+        return tuple(backbone.forward_features(x).shape[1:])
+    finally:
+        backbone.train(was)
+
+
 def _planned_inputs(backbone, splits, config, features, runtime, callbacks) -> TrainingInputs:
     """Plan (measuring if needed), cut the backbone as planned, and seed the cache
     with what the measuring pass extracted."""
@@ -119,6 +181,7 @@ def _planned_inputs(backbone, splits, config, features, runtime, callbacks) -> T
     plan, measurement = make_plan(backbone, splits, config, advice=advice, compute=runtime.compute)
     if plan.cut != backbone.cut:
         backbone = recut_backbone(backbone, plan.cut)
+    _log_plan(plan, backbone)
     inputs = TrainingInputs(
         backbone=backbone,
         splits=splits,
@@ -130,6 +193,22 @@ def _planned_inputs(backbone, splits, config, features, runtime, callbacks) -> T
     )
     _seed_cache(inputs, measurement)
     return inputs
+
+
+def _log_plan(plan, backbone) -> None:
+    """What will be trained, as soon as it is fixed: the strategy and the cut
+    actually used (the advisor may have moved the cut), the image size, what
+    fine-tuning unfreezes."""
+    size = plan.image_size or backbone.input_size[1]
+    unfreeze = f", unfreeze {plan.unfreeze}" if plan.strategy == "fine-tune" else ""
+    log.info(
+        "plan: %s, %s cut at %s, %d px%s",
+        plan.strategy,
+        backbone.name,
+        backbone.cut,
+        size,
+        unfreeze,
+    )
 
 
 def _evaluate_splits(inputs: TrainingInputs, result) -> dict:
