@@ -1,15 +1,19 @@
 """FitConfig's settings mean what their names say: ``head_epochs`` (the head phase's
 ceiling; the old key ``epochs`` is still read, with a warning), ``class_weight``
-checked like every other setting."""
+checked like every other setting, and docs/training.md's defaults equal FitConfig's."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+from pathlib import Path
 
 import pytest
 
 from transferkit import FitConfig, InputError
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "training.md"
 
 
 def test_head_epochs_is_the_head_phases_ceiling():
@@ -48,3 +52,24 @@ def test_class_weight_is_balanced_or_none():
         FitConfig(class_weight="balance").validate()
     message = str(caught.value)
     assert "--class-weight 'balance' is not one of balanced" in message and "\n" not in message
+
+
+def _documented_defaults() -> dict[str, str]:
+    """The settings table of docs/training.md: FitConfig key -> default as written."""
+    text = PAGE.read_text()
+    table = text[text.index("| flag | key |") :].split("\n\n")[0]
+    return dict(re.findall(r"^\| [^|]* \| `([a-z_]+)` \| `([^`]*)` \|", table, flags=re.M))
+
+
+def test_the_documented_defaults_are_fitconfigs():
+    documented = _documented_defaults()
+    assert {"head_epochs", "fine_tune_epochs", "class_weight", "patience"} <= set(documented)
+    defaults = FitConfig()
+    for key, written in documented.items():
+        value = getattr(defaults, key)
+        assert written == (
+            "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        ), key
+    text = PAGE.read_text()
+    for flag in ("--head-epochs N", "--fine-tune-epochs N", "--class-weight balanced"):
+        assert flag in text, flag
