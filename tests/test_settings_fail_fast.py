@@ -31,14 +31,14 @@ def no_image_read(monkeypatch):
     monkeypatch.setattr(ImageDataset, "__getitem__", refuse)
 
 
-def _fit(data, tmp_path, **settings):
-    """The whole ``fit``: data, backbone, train; no run folder."""
+def _fit(data, tmp_path, run_dir=None, **settings):
+    """The whole ``fit``: data, backbone, train (and the run folder, if given)."""
     from transferkit.fitting import fit
 
     config = FitConfig(
         backbone="test_resnet", weights="none", cache_dir=str(tmp_path / "cache"), **settings
     )
-    return fit(data, config.validate())
+    return fit(data, config.validate(), run_dir=run_dir)
 
 
 @pytest.mark.parametrize("strategy", ["fine-tune", "auto"])
@@ -196,3 +196,16 @@ def test_one_image_per_class_trains_with_no_validation_and_warns_up_front(tmp_pa
     assert (head.epochs_run, head.best_epoch, head.stopped) == (12, 12, "max epochs")
     assert "val" not in fitted.result.evaluations and "val_accuracy" not in fitted.metrics
     assert all(row["val_loss"] != row["val_loss"] for row in fitted.result.history)  # NaN
+
+
+def test_without_validation_both_phases_run_every_epoch_and_keep_the_last(tmp_path):
+    """Fine-tuning is not thrown away for failing to beat a score on no images, and
+    the run folder (checkpoints of the kept weights included) is written."""
+    root = make_image_folder(tmp_path / "data", per_class=1, size=16)
+    settings = SMALL | {"head_epochs": 4, "fine_tune_epochs": 2, "patience": 1}
+    fitted = _fit(
+        root, tmp_path, run_dir=tmp_path / "run", strategy="fine-tune", image_size=16, **settings
+    )
+    phases = [(p.name, p.epochs_run, p.best_epoch) for p in fitted.result.phases]
+    assert phases == [("head", 4, 4), ("fine-tune", 2, 2)]
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -17,7 +17,8 @@ import torch
 
 from ..features import Extraction, FeatureCache, representation_for
 from ..heads import TransferModel
-from ..training import PhaseResult, Runtime
+from ..training import Callback, PhaseResult, Runtime
+from ..training.callbacks import clone_state
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,28 @@ def has_validation(inputs: TrainingInputs) -> bool:
     """Whether there are validation images to stop early and keep the best epoch by.
     Without them a phase runs all its epochs and keeps the last."""
     return bool(inputs.splits.val)
+
+
+class KeepLast(Callback):
+    """In place of early stopping when there are no validation images: every epoch
+    is the one kept (checkpoints save it as the best), and the phase runs them all."""
+
+    order = 10
+
+    def on_phase_start(self, state) -> None:
+        if not state.resumed:
+            state.best_state = clone_state(state.model)
+
+    def on_validation_end(self, state) -> None:
+        state.best_state = clone_state(state.model)
+        state.improved = True
+        state.result.best_epoch = state.epoch
+
+
+def stopping_rule(inputs: TrainingInputs, early_stopping: Callback) -> Callback:
+    """``early_stopping``, or :class:`KeepLast` without validation images (nothing
+    to judge an epoch by: a loss of NaN, not of 0)."""
+    return early_stopping if has_validation(inputs) else KeepLast()
 
 
 def kept_last(inputs: TrainingInputs, result: PhaseResult) -> PhaseResult:

@@ -28,6 +28,7 @@ from .base import (
     kept_last,
     make_loader,
     objective,
+    stopping_rule,
 )
 from .head import train_head
 
@@ -68,7 +69,7 @@ def fine_tune(inputs: TrainingInputs, head: ClassifierHead) -> tuple[TransferMod
             name="fine-tune", epochs=cfg.fine_tune_epochs, schedule=cfg.schedule, warmup_epochs=0.5
         ),
         objective(inputs, head),
-        callbacks=[*_early_stopping(inputs), *inputs.callbacks],
+        callbacks=[_early_stopping(inputs), *inputs.callbacks],
         runtime=runtime,
         train_module=train_module,
     )
@@ -76,14 +77,13 @@ def fine_tune(inputs: TrainingInputs, head: ClassifierHead) -> tuple[TransferMod
     return model, kept_last(inputs, result)
 
 
-def _early_stopping(inputs: TrainingInputs) -> list[EarlyStopping]:
+def _early_stopping(inputs: TrainingInputs):
     """On accuracy (a few hundred validation images make the loss of an increasingly
     confident model a poor judge), starting from the head-only model as epoch 0.
-    None without validation images: then every epoch runs and the last is kept."""
+    Without validation images every epoch runs and the last is kept."""
     cfg = inputs.config
     if not has_validation(inputs):
         log.info("fine-tuning: no validation images: all %d epochs run", cfg.fine_tune_epochs)
-        return []
     stopping = EarlyStopping(
         cfg.fine_tune_patience,
         min_delta=1e-4,
@@ -91,7 +91,7 @@ def _early_stopping(inputs: TrainingInputs) -> list[EarlyStopping]:
         monitor="accuracy",
         start_from_current=True,
     )
-    return [stopping]
+    return stopping_rule(inputs, stopping)
 
 
 def _unfreeze(inputs: TrainingInputs) -> None:

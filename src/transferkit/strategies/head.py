@@ -32,6 +32,7 @@ from .base import (
     kept_last,
     labels_of,
     objective,
+    stopping_rule,
     tensor_batches,
 )
 
@@ -83,16 +84,16 @@ def _fit_head(inputs: TrainingInputs, head: ClassifierHead, x_train, x_val) -> P
         val=lambda: tensor_batches(x_val, y_val, 1024, None),
         steps_per_epoch=(len(y_train) + bs - 1) // bs,
     )
-    stopping = []
-    if has_validation(inputs):
-        stopping = [EarlyStopping(cfg.patience, min_delta=1e-4, min_rel_delta=1e-3, monitor="loss")]
+    stopping = stopping_rule(
+        inputs, EarlyStopping(cfg.patience, min_delta=1e-4, min_rel_delta=1e-3, monitor="loss")
+    )
     result = fit_phase(
         head,
         create_optimizer(head, lr=cfg.lr, weight_decay=cfg.weight_decay),
         data,
         PhaseConfig(name="head", epochs=cfg.head_epochs, schedule="constant", fast_epochs=True),
         objective(inputs, head),
-        callbacks=[*stopping, *inputs.callbacks],
+        callbacks=[stopping, *inputs.callbacks],
         # features, not images: float32 on the device, and no other process takes part
         runtime=Runtime(as_compute(inputs.device)),
     )
