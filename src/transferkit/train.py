@@ -16,6 +16,7 @@ Under torchrun every process calls it with the same arguments and the collective
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,8 +86,8 @@ def train(
         features: the feature cache (default: ``FitConfig.cache_dir``'s).
         runtime: device, precision, layout, and the torchrun processes.
     """
-    backbone = check_settings(backbone, config)  # before any image is read
     runtime = runtime or Runtime()
+    backbone = check_settings(backbone, config, runtime.compute)  # before any image is read
     features = features or FeatureCache(config.cache_dir)
     history = History()
     own = (history, ProgressReport(), Interruption())
@@ -112,13 +113,13 @@ def train(
     )
 
 
-def check_settings(backbone, config: FitConfig):
+def check_settings(backbone, config: FitConfig, compute=None):
     """Judge the settings that only the backbone can judge, in milliseconds and
     before any image goes through it, so a mistake costs no feature extraction:
     ``cut`` names one of its layers, ``unfreeze`` top:N has N blocks to take, the
-    image size is one it takes. Returns the backbone, cut at ``config.cut`` if it
-    is cut elsewhere. Raises :class:`InputError` naming the setting, the value and
-    what is allowed."""
+    image size is one it takes (``compute``: the precision to try it in). Returns
+    the backbone, cut at ``config.cut`` if it is cut elsewhere. Raises
+    :class:`InputError` naming the setting, the value and what is allowed."""
     if config.cut is not None and config.cut != backbone.cut:
         backbone = recut_backbone(backbone, config.cut)  # an unknown layer is refused
     top = config.unfreeze_top()
@@ -131,11 +132,11 @@ def check_settings(backbone, config: FitConfig):
             f"(`transferkit inspect {backbone.spec}` lists them)"
         )
     if config.image_size is not None and config.image_size != backbone.input_size[1]:
-        _check_image_size(backbone, config)
+        _check_image_size(backbone, config, compute)
     return backbone
 
 
-def _check_image_size(backbone, config: FitConfig) -> None:
+def _check_image_size(backbone, config: FitConfig, compute) -> None:
     """One blank image at ``config.image_size`` through the backbone (milliseconds):
     a backbone that takes only its own size, or a head that flattens maps sized
     for it, fails here instead of after the feature extraction."""
@@ -144,7 +145,7 @@ def _check_image_size(backbone, config: FitConfig) -> None:
     if getattr(backbone, "fixed_input_size", False):
         raise InputError(f"--image-size {size}: {backbone.name} takes only {own} px images; {fix}")
     try:
-        shape = probe_feature_shape(backbone, size)
+        shape = probe_feature_shape(backbone, size, compute)
     except Exception as exc:  # any failure of the model at this size
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
@@ -159,16 +160,18 @@ def _check_image_size(backbone, config: FitConfig) -> None:
 
 
 @torch.no_grad()
-def probe_feature_shape(backbone, size: int) -> tuple[int, ...]:
+def probe_feature_shape(backbone, size: int, compute=None) -> tuple[int, ...]:
     """The per-image feature shape of ``backbone`` at ``size`` px, from one blank
-    image, in eval mode (BatchNorm statistics untouched)."""
+    image, in eval mode (BatchNorm statistics untouched), under ``compute``'s
+    autocast when given (the precision extraction will use)."""
     param = next(backbone.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.zeros(1, backbone.input_size[0], size, size, device=device)
     was = backbone.training
     backbone.eval()
     try:
-        return tuple(backbone.forward_features(x).shape[1:])
+        with compute.autocast() if compute is not None else contextlib.nullcontext():
+            return tuple(backbone.forward_features(x).shape[1:])
     finally:
         backbone.train(was)
 
