@@ -84,7 +84,7 @@ FAST_FIT = {
     "image_size": 16,
     "lr": 1e-2,
     "fine_tune_lr": 1e-3,
-    "epochs": 30,
+    "head_epochs": 30,
     "patience": 3,
     "fine_tune_epochs": 2,
     "batch_size": 8,

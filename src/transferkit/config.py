@@ -7,6 +7,7 @@ resolved config is written to the run directory, so a run can be rebuilt.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from .heads import HeadConfig
 
 STRATEGIES = ("auto", "feature-extract", "fine-tune")  # built in; the command line's choices
 DEVICES = ("cpu", "cuda", "auto")
+CLASS_WEIGHTS = ("balanced",)  # or None: every image counts the same
+# Keys older config files and run folders may hold -> today's names.
+RENAMED_KEYS = {"epochs": "head_epochs"}
+
+log = logging.getLogger("transferkit")
 
 
 @dataclass
@@ -38,7 +44,7 @@ class FitConfig:
     precision: str = "auto"  # "auto" (bf16 on a capable GPU, else fp32), "fp32", "bf16"
     compile: bool = False
     # phase 1: the head on cached features (trains to convergence: many cheap epochs)
-    epochs: int = 100
+    head_epochs: int = 100
     lr: float = 3e-3
     patience: int = 8
     head_batch_size: int = 256
@@ -51,6 +57,8 @@ class FitConfig:
     augment: bool = True
     label_smoothing: float = 0.0
     weight_decay: float = 1e-4
+    # "balanced": each class's loss weighted n_samples / (n_classes * its count)
+    class_weight: str | None = None
     schedule: str = "cosine"
     workers: int | None = None
     cache_dir: str | None = None
@@ -72,7 +80,18 @@ class FitConfig:
         self._check_gentle_fine_tuning()
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise InputError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
-        for name in ("epochs", "fine_tune_epochs", "batch_size", "head_batch_size", "patience"):
+        if self.class_weight is not None and self.class_weight not in CLASS_WEIGHTS:
+            raise InputError(
+                f"--class-weight {self.class_weight!r} is not one of {', '.join(CLASS_WEIGHTS)}; "
+                "leave it out to weight every image the same"
+            )
+        for name in (
+            "head_epochs",
+            "fine_tune_epochs",
+            "batch_size",
+            "head_batch_size",
+            "patience",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(
                     f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
@@ -106,13 +125,16 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FitConfig:
+        """Settings from a dict (a config file, a run folder's ``config.json``). A key
+        renamed since (``epochs``: now ``head_epochs``) is read under its new name,
+        with a warning."""
+        data = _renamed(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(
                 f"unknown config key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
             )
-        data = dict(data)
         if isinstance(data.get("head"), dict):
             data["head"] = HeadConfig(**data["head"])
         return cls(**data)
@@ -125,6 +147,22 @@ class FitConfig:
             raise InputError(f"cannot read config file {str(path)!r}: {exc}") from None
         data.update(overrides or {})
         return cls.from_dict(data)
+
+
+def _renamed(data: dict) -> dict:
+    """A copy of ``data`` with the old keys under their new names."""
+    data = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise InputError(
+                f"config has both {old!r} and {new!r}; {old!r} is the old name of "
+                f"{new!r}: keep only {new!r}"
+            )
+        log.warning("config key %r is now called %r; reading it as %r", old, new, new)
+        data[new] = data.pop(old)
+    return data
 
 
 def _strategies() -> tuple[str, ...]:

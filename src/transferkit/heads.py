@@ -91,13 +91,31 @@ class ClassifierHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0):
+    def loss(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+    ):
+        """Mean cross-entropy; with ``class_weights`` (one per class) each example
+        counts by its class's weight (the mean is over the weights, as torch's)."""
+        if class_weights is not None:
+            class_weights = class_weights.to(logits.device, torch.float32)
         if self.binary:
             t = target.float()
             if label_smoothing:
                 t = t * (1 - label_smoothing) + 0.5 * label_smoothing
-            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], t)
-        return nn.functional.cross_entropy(logits, target, label_smoothing=label_smoothing)
+            if class_weights is None:
+                return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], t)
+            w = class_weights[target]
+            per_example = nn.functional.binary_cross_entropy_with_logits(
+                logits[:, 0], t, reduction="none"
+            )
+            return (w * per_example).sum() / w.sum().clamp_min(1e-12)
+        return nn.functional.cross_entropy(
+            logits, target, weight=class_weights, label_smoothing=label_smoothing
+        )
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, num_classes) probabilities whatever the logit layout."""
@@ -105,6 +123,16 @@ class ClassifierHead(nn.Module):
             p = torch.sigmoid(logits[:, 0])
             return torch.stack([1 - p, p], dim=1)
         return logits.softmax(dim=1)
+
+
+def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" weights: ``n_samples / (n_classes * count_c)`` per
+    class ``c`` of ``labels`` (class indices), so every class weighs the same in
+    total. A class absent from ``labels`` gets the weight of a class of one image."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    weights = len(labels) / (num_classes * counts.clamp_min(1))
+    return weights.float()
 
 
 def head_input_features(feature_shape: tuple[int, ...], pooling: str) -> int:

@@ -16,6 +16,7 @@ Under torchrun every process calls it with the same arguments and the collective
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import torch
 from .advisor import AdviceStore, Plan, make_plan
 from .backbones import recut_backbone
 from .config import FitConfig
-from .errors import TransferkitError
+from .errors import InputError, TransferkitError
 from .features import FeatureCache, representation_for
 from .heads import TransferModel
 from .strategies import get_strategy
@@ -86,6 +87,7 @@ def train(
         runtime: device, precision, layout, and the torchrun processes.
     """
     runtime = runtime or Runtime()
+    backbone = check_settings(backbone, config, runtime.compute)  # before any image is read
     features = features or FeatureCache(config.cache_dir)
     history = History()
     own = (history, ProgressReport(), Interruption())
@@ -111,6 +113,69 @@ def train(
     )
 
 
+def check_settings(backbone, config: FitConfig, compute=None):
+    """Judge the settings that only the backbone can judge, in milliseconds and
+    before any image goes through it, so a mistake costs no feature extraction:
+    ``cut`` names one of its layers, ``unfreeze`` top:N has N blocks to take, the
+    image size is one it takes (``compute``: the precision to try it in). Returns
+    the backbone, cut at ``config.cut`` if it is cut elsewhere. Raises
+    :class:`InputError` naming the setting, the value and what is allowed."""
+    if config.cut is not None and config.cut != backbone.cut:
+        backbone = recut_backbone(backbone, config.cut)  # an unknown layer is refused
+    top = config.unfreeze_top()
+    blocks = len(backbone.blocks)
+    if top is not None and top > blocks:
+        allowed = f"top:1 to top:{blocks}, or all" if blocks else "all"
+        raise InputError(
+            f"--unfreeze {config.unfreeze}: {backbone.name} cut at {backbone.cut} has "
+            f"{blocks} block{'s' * (blocks != 1)}; use {allowed} "
+            f"(`transferkit inspect {backbone.spec}` lists them)"
+        )
+    if config.image_size is not None and config.image_size != backbone.input_size[1]:
+        _check_image_size(backbone, config, compute)
+    return backbone
+
+
+def _check_image_size(backbone, config: FitConfig, compute) -> None:
+    """One blank image at ``config.image_size`` through the backbone (milliseconds):
+    a backbone that takes only its own size, or a head that flattens maps sized
+    for it, fails here instead of after the feature extraction."""
+    size, own = config.image_size, backbone.input_size[1]
+    fix = f"use {own} (its own size) or leave --image-size out"
+    if getattr(backbone, "fixed_input_size", False):
+        raise InputError(f"--image-size {size}: {backbone.name} takes only {own} px images; {fix}")
+    try:
+        shape = probe_feature_shape(backbone, size, compute)
+    except Exception as exc:  # any failure of the model at this size
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"--image-size {size}: {backbone.name} cannot take {size} px images ({first}); {fix}"
+        ) from None
+    if config.head.pooling == "flatten" and shape != tuple(backbone.feature_shape):
+        raise InputError(
+            f"--pooling flatten with --image-size {size}: the flattened features at "
+            f"{size} px have shape {shape}, not the {tuple(backbone.feature_shape)} the head "
+            f"is sized for at {own} px; use --pooling avg or max, or {fix}"
+        )
+
+
+@torch.no_grad()
+def probe_feature_shape(backbone, size: int, compute=None) -> tuple[int, ...]:
+    """The per-image feature shape of ``backbone`` at ``size`` px, from one blank
+    image, in eval mode (BatchNorm statistics untouched), under ``compute``'s
+    autocast when given (the precision extraction will use)."""
+    param = next(backbone.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(1, backbone.input_size[0], size, size, device=device)
+    was = backbone.training
+    backbone.eval()
+    try:
+        with compute.autocast() if compute is not None else contextlib.nullcontext():
+            return tuple(backbone.forward_features(x).shape[1:])
+    finally:
+        backbone.train(was)
+
+
 def _planned_inputs(backbone, splits, config, features, runtime, callbacks) -> TrainingInputs:
     """Plan (measuring if needed), cut the backbone as planned, and seed the cache
     with what the measuring pass extracted."""
@@ -119,6 +184,7 @@ def _planned_inputs(backbone, splits, config, features, runtime, callbacks) -> T
     plan, measurement = make_plan(backbone, splits, config, advice=advice, compute=runtime.compute)
     if plan.cut != backbone.cut:
         backbone = recut_backbone(backbone, plan.cut)
+    _log_plan(plan, backbone)
     inputs = TrainingInputs(
         backbone=backbone,
         splits=splits,
@@ -130,6 +196,22 @@ def _planned_inputs(backbone, splits, config, features, runtime, callbacks) -> T
     )
     _seed_cache(inputs, measurement)
     return inputs
+
+
+def _log_plan(plan, backbone) -> None:
+    """What will be trained, as soon as it is fixed: the strategy and the cut
+    actually used (the advisor may have moved the cut), the image size, what
+    fine-tuning unfreezes."""
+    size = plan.image_size or backbone.input_size[1]
+    unfreeze = f", unfreeze {plan.unfreeze}" if plan.strategy == "fine-tune" else ""
+    log.info(
+        "plan: %s, %s cut at %s, %d px%s",
+        plan.strategy,
+        backbone.name,
+        backbone.cut,
+        size,
+        unfreeze,
+    )
 
 
 def _evaluate_splits(inputs: TrainingInputs, result) -> dict:

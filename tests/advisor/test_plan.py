@@ -15,7 +15,7 @@ from transferkit.estimator import TransferClassifier
 FAST = {
     "lr": 1e-2,
     "fine_tune_lr": 1e-3,
-    "epochs": 20,
+    "head_epochs": 20,
     "patience": 3,
     "fine_tune_epochs": 1,
     "batch_size": 16,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,37 @@ def sample_examples(examples, seed: int, limit: int = MAX_MEASURE_IMAGES) -> lis
     return [examples[i] for i in sorted(rng.choice(len(examples), limit, replace=False))]
 
 
+def why_not_measurable(examples, seed: int, classes=None) -> str | None:
+    """Why the measuring pass could not score ``examples`` (its cross-validated probes
+    need 2 classes and 2 images of every class in the sample it would take), or
+    ``None`` when it can. Costs nothing: no image is opened."""
+    counts = Counter(e.label for e in sample_examples(examples, seed))
+    if len(counts) < 2:
+        return f"the training images hold {len(counts)} class(es); measuring needs 2"
+    label, fewest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))
+    if fewest >= 2:
+        return None
+    name = classes[label] if classes is not None else label
+    sampled = " of those sampled" if len(examples) > MAX_MEASURE_IMAGES else ""
+    return (
+        f"class {name!r} has {fewest} training image{sampled}, and measuring "
+        "cross-validates with at least 2 per class"
+    )
+
+
+def require_measurable(examples, seed: int, classes=None) -> None:
+    """Refuse at once, before any image goes through the backbone, what
+    :func:`why_not_measurable` finds."""
+    from ..errors import InputError
+
+    problem = why_not_measurable(examples, seed, classes)
+    if problem is not None:
+        raise InputError(
+            f"cannot measure the data: {problem}; add images (fit still trains: it "
+            "skips the measurement and trains a head on the top layer's features)"
+        )
+
+
 def eval_loader(backbone, examples, image_size, *, batch_size=64, workers=None, device="cpu"):
     """Batches of ``examples`` preprocessed for ``backbone`` at ``image_size``, in order."""
     from ..data import ImageDataset, create_loader, create_transform
@@ -97,6 +129,7 @@ def measure(
     """One pass: pooled features at every cut point, BN similarity, scores per cut."""
     from ..transferability import bn_layers_by_cut, measure_per_cut, score_per_cut
 
+    require_measurable(examples, seed)
     compute = compute or create_compute(torch.device("cpu"))
     examples = sample_examples(examples, seed)
     loader = eval_loader(
@@ -120,6 +153,7 @@ def measure_splits(
     compute: Compute | None = None,
 ) -> Measurement:
     """:func:`measure` on the training split at the given or suggested image size."""
+    require_measurable(splits.train, seed, splits.classes)
     suggested, median_side = suggest_image_size(splits.train, backbone.input_size[1])
     return measure(
         backbone,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from .decide import Decision, decide_from, for_feature_extraction
-from .measure import Measurement, measure_splits
+from .measure import Measurement, measure_splits, suggest_image_size, why_not_measurable
 from .memory import AdviceStore
 
 log = logging.getLogger("transferkit")
@@ -44,15 +44,12 @@ class Plan:
 
     def resolve(self, config):
         """``config`` with the plan's choices filled in: what the run records."""
-        if self.decision is None:
-            return config
-        return dataclasses.replace(
-            config,
-            strategy=self.strategy,
-            image_size=self.image_size,
-            unfreeze=self.unfreeze,
-            cut=self.cut,
+        planned = dataclasses.replace(
+            config, strategy=self.strategy, image_size=self.image_size, unfreeze=self.unfreeze
         )
+        if self.decision is None:  # the cut as given (None: the backbone's top)
+            return planned
+        return dataclasses.replace(planned, cut=self.cut)
 
 
 def measured_decision(
@@ -116,11 +113,51 @@ def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
     return m, decision
 
 
+def _own_size_if_fixed(backbone, config):
+    """``config`` with the backbone's own image size where no other would do: a
+    backbone that takes only its own size, or a head that flattens feature maps
+    sized for it. Elsewhere the advisor may suggest a smaller size for small images."""
+    fixed = getattr(backbone, "fixed_input_size", False) or config.head.pooling == "flatten"
+    if config.image_size is not None or not fixed:
+        return config
+    return dataclasses.replace(config, image_size=backbone.input_size[1])
+
+
+def _needs_measuring(backbone, config) -> bool:
+    if config.strategy == "auto":
+        return True
+    return config.strategy == "feature-extract" and config.cut is None and len(backbone.blocks) > 1
+
+
+def _unmeasured_plan(backbone, splits, config) -> Plan | None:
+    """When the plan would measure but the data forbid it (a class with one training
+    image: nothing to cross-validate), the plan that needs no measurement, said in a
+    log line: a head on the features at the backbone's cut. ``None`` otherwise."""
+    if not _needs_measuring(backbone, config):
+        return None
+    problem = why_not_measurable(splits.train, config.seed, splits.classes)
+    if problem is None:
+        return None
+    size = config.image_size
+    if size is None:
+        size, _ = suggest_image_size(splits.train, backbone.input_size[1])
+    reason = (
+        f"not measured: {problem}; so feature extraction at {backbone.cut}, "
+        f"{size} px (add images to let {config.strategy} measure)"
+    )
+    log.warning("%s: %s", config.strategy, reason)
+    return Plan("feature-extract", backbone.cut, size, config.unfreeze, reason)
+
+
 def make_plan(
     backbone, splits, config, *, advice: AdviceStore | None = None, compute=None
 ) -> tuple[Plan, Measurement | None]:
     """The plan for fitting ``backbone`` to ``splits`` with ``config``, and the
     measurement it was made from (``None`` when nothing was measured)."""
+    config = _own_size_if_fixed(backbone, config)
+    unmeasured = _unmeasured_plan(backbone, splits, config)
+    if unmeasured is not None:
+        return unmeasured, None
     if config.strategy == "auto":
         m, d = _measure_and_decide(backbone, splits, config, advice, compute, config.cut is None)
         log.info("auto: %s", d.reason)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .scanning import Candidate, ScannedFile, SkippedFile
 
 SPLITS = ("train", "val", "test")
+_LISTED = 10  # classes named in one warning line; the rest are counted
 _MODE_NAMES = {
     "L": "grayscale (L)",
     "LA": "grayscale+alpha (LA)",
@@ -39,10 +40,14 @@ class DataPolicy:
         few_images: warn when a class has fewer usable images than this (all splits
             that train or select the model: train + val).
         imbalance_ratio: warn when the largest class is this many times the smallest.
+        few_val_images: warn when the validation split holds fewer images than this
+            (none at all, or too few for its accuracy to mean much: with 20 images one
+            more right answer moves it by 5 points).
     """
 
     few_images: int = 10
     imbalance_ratio: float = 10.0
+    few_val_images: int = 20
 
 
 @dataclass
@@ -157,6 +162,7 @@ def assess(
         return errors, []
     warnings = [
         *_size_warnings(classes, fit, policy),
+        *_validation_warnings(counts, policy),
         *_coverage_warnings(classes, counts, splits_present),
         *_duplicate_warnings(files),
     ]
@@ -188,19 +194,36 @@ def _size_warnings(classes: list[str], fit: dict[str, int], policy: DataPolicy) 
     warnings = []
     few = [c for c in classes if 0 < fit[c] < policy.few_images]
     if few:
+        shown = ", ".join(f"{c!r} ({fit[c]})" for c in few[:_LISTED])
+        more = f" and {len(few) - _LISTED} more" if len(few) > _LISTED else ""
         warnings.append(
-            "few images in class "
-            + ", ".join(f"{c!r} ({fit[c]})" for c in few)
-            + f"; under {policy.few_images} per class, results are unreliable"
+            f"few images in class {shown}{more}; under {policy.few_images} per class, "
+            "results are unreliable"
         )
     big, small = max(classes, key=fit.get), min(classes, key=fit.get)
     if fit[small] and fit[big] / fit[small] >= policy.imbalance_ratio:
         warnings.append(
             f"strong class imbalance: {big!r} has {fit[big]} images, {small!r} "
             f"{fit[small]} (ratio {fit[big] / fit[small]:.1f}); accuracy will "
-            "favour the large classes; consider class weights or more data"
+            "favour the large classes; consider --class-weight balanced or more data"
         )
     return warnings
+
+
+def _validation_warnings(counts: dict[str, dict[str, int]], policy: DataPolicy) -> list[str]:
+    """No validation images, or too few for their accuracy to mean much."""
+    n = sum(counts["val"].values())
+    if n == 0:
+        return [
+            "no validation images: nothing checks the model while it trains and "
+            "validation accuracy cannot be measured; add images or a val/ folder"
+        ]
+    if n < policy.few_val_images:
+        return [
+            f"{n} validation image{'s' * (n != 1)}: accuracy on them means little; "
+            "add images or a val/ folder"
+        ]
+    return []
 
 
 def _coverage_warnings(

@@ -8,6 +8,7 @@ never changes them; everything it produces is in its result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +17,8 @@ import torch
 
 from ..features import Extraction, FeatureCache, representation_for
 from ..heads import TransferModel
-from ..training import PhaseResult, Runtime
+from ..training import Callback, PhaseResult, Runtime
+from ..training.callbacks import clone_state
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,56 @@ def cached_features(inputs: TrainingInputs, examples, split: str, collective=Non
 
 def labels_of(examples) -> torch.Tensor:
     return torch.tensor([e.label for e in examples], dtype=torch.long)
+
+
+def objective(inputs: TrainingInputs, head):
+    """What both phases train by: the head's loss with the fit's label smoothing and,
+    with ``class_weight="balanced"``, each class weighted by the training labels
+    (``n_samples / (n_classes * count)``)."""
+    from ..heads import balanced_class_weights
+    from ..training import Objective
+
+    weights = None
+    if inputs.config.class_weight == "balanced":
+        weights = balanced_class_weights(labels_of(inputs.splits.train), inputs.num_classes)
+    return Objective.of_head(head, inputs.config.label_smoothing, weights)
+
+
+def has_validation(inputs: TrainingInputs) -> bool:
+    """Whether there are validation images to stop early and keep the best epoch by.
+    Without them a phase runs all its epochs and keeps the last."""
+    return bool(inputs.splits.val)
+
+
+class KeepLast(Callback):
+    """In place of early stopping when there are no validation images: every epoch
+    is the one kept (checkpoints save it as the best), and the phase runs them all."""
+
+    order = 10
+
+    def on_phase_start(self, state) -> None:
+        if not state.resumed:
+            state.best_state = clone_state(state.model)
+
+    def on_validation_end(self, state) -> None:
+        state.best_state = clone_state(state.model)
+        state.improved = True
+        state.result.best_epoch = state.epoch
+
+
+def stopping_rule(inputs: TrainingInputs, early_stopping: Callback) -> Callback:
+    """``early_stopping``, or :class:`KeepLast` without validation images (nothing
+    to judge an epoch by: a loss of NaN, not of 0)."""
+    return early_stopping if has_validation(inputs) else KeepLast()
+
+
+def kept_last(inputs: TrainingInputs, result: PhaseResult) -> PhaseResult:
+    """``result`` as it is, or, for a phase without validation images, marked as
+    keeping its last epoch, with no validation scores (NaN, not a loss of 0)."""
+    if not has_validation(inputs):
+        result.best_epoch = result.epochs_run
+        result.best_val_loss = result.best_val_accuracy = math.nan
+    return result
 
 
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None):

@@ -19,8 +19,17 @@ from torch import nn
 
 from ..freezing import create_optimizer, freeze, set_bn_policy, unfreeze
 from ..heads import ClassifierHead, TransferModel
-from ..training import EarlyStopping, Objective, PhaseConfig, PhaseData, PhaseResult, fit_phase
-from .base import StrategyResult, TrainingInputs, image_dataset, make_loader
+from ..training import EarlyStopping, PhaseConfig, PhaseData, PhaseResult, fit_phase
+from .base import (
+    StrategyResult,
+    TrainingInputs,
+    has_validation,
+    image_dataset,
+    kept_last,
+    make_loader,
+    objective,
+    stopping_rule,
+)
 from .head import train_head
 
 log = logging.getLogger("transferkit")
@@ -59,25 +68,30 @@ def fine_tune(inputs: TrainingInputs, head: ClassifierHead) -> tuple[TransferMod
         PhaseConfig(
             name="fine-tune", epochs=cfg.fine_tune_epochs, schedule=cfg.schedule, warmup_epochs=0.5
         ),
-        Objective.of_head(head, cfg.label_smoothing),
-        callbacks=[_early_stopping(cfg), *inputs.callbacks],
+        objective(inputs, head),
+        callbacks=[_early_stopping(inputs), *inputs.callbacks],
         runtime=runtime,
         train_module=train_module,
     )
     freeze(inputs.backbone)  # the finished model is for inference
-    return model, result
+    return model, kept_last(inputs, result)
 
 
-def _early_stopping(cfg) -> EarlyStopping:
+def _early_stopping(inputs: TrainingInputs):
     """On accuracy (a few hundred validation images make the loss of an increasingly
-    confident model a poor judge), starting from the head-only model as epoch 0."""
-    return EarlyStopping(
+    confident model a poor judge), starting from the head-only model as epoch 0.
+    Without validation images every epoch runs and the last is kept."""
+    cfg = inputs.config
+    if not has_validation(inputs):
+        log.info("fine-tuning: no validation images: all %d epochs run", cfg.fine_tune_epochs)
+    stopping = EarlyStopping(
         cfg.fine_tune_patience,
         min_delta=1e-4,
         min_rel_delta=1e-3,
         monitor="accuracy",
         start_from_current=True,
     )
+    return stopping_rule(inputs, stopping)
 
 
 def _unfreeze(inputs: TrainingInputs) -> None:

@@ -18,7 +18,6 @@ from ..freezing import create_optimizer, freeze, set_bn_policy
 from ..heads import ClassifierHead, create_head
 from ..training import (
     EarlyStopping,
-    Objective,
     PhaseConfig,
     PhaseData,
     PhaseResult,
@@ -26,7 +25,16 @@ from ..training import (
     fit_phase,
     stateful,
 )
-from .base import TrainingInputs, cached_features, labels_of, tensor_batches
+from .base import (
+    TrainingInputs,
+    cached_features,
+    has_validation,
+    kept_last,
+    labels_of,
+    objective,
+    stopping_rule,
+    tensor_batches,
+)
 
 log = logging.getLogger("transferkit")
 
@@ -47,19 +55,22 @@ def train_head(inputs: TrainingInputs) -> tuple[ClassifierHead, PhaseResult]:
         result = _fit_head(inputs, head, x_train, x_val)
     if collective.active:
         result = _share_head(inputs, head, result)
-    log.info(
-        "head: %d epochs, best %d (val loss %.4f, acc %.4f), %s",
-        result.epochs_run,
-        result.best_epoch,
-        result.best_val_loss,
-        result.best_val_accuracy,
-        result.stopped,
-    )
-    if not result.converged:
+    if not has_validation(inputs):
+        log.info("head: %d epochs, the last kept (no validation images)", result.epochs_run)
+    else:
+        log.info(
+            "head: %d epochs, best %d (val loss %.4f, acc %.4f), %s",
+            result.epochs_run,
+            result.best_epoch,
+            result.best_val_loss,
+            result.best_val_accuracy,
+            result.stopped,
+        )
+    if not result.converged and has_validation(inputs):
         log.warning(
             "the head did not converge in %d epochs (validation loss still improving); "
-            "consider more --epochs",
-            cfg.epochs,
+            "consider more --head-epochs",
+            cfg.head_epochs,
         )
     return head, result
 
@@ -73,17 +84,20 @@ def _fit_head(inputs: TrainingInputs, head: ClassifierHead, x_train, x_val) -> P
         val=lambda: tensor_batches(x_val, y_val, 1024, None),
         steps_per_epoch=(len(y_train) + bs - 1) // bs,
     )
-    stopping = EarlyStopping(cfg.patience, min_delta=1e-4, min_rel_delta=1e-3, monitor="loss")
-    return fit_phase(
+    stopping = stopping_rule(
+        inputs, EarlyStopping(cfg.patience, min_delta=1e-4, min_rel_delta=1e-3, monitor="loss")
+    )
+    result = fit_phase(
         head,
         create_optimizer(head, lr=cfg.lr, weight_decay=cfg.weight_decay),
         data,
-        PhaseConfig(name="head", epochs=cfg.epochs, schedule="constant", fast_epochs=True),
-        Objective.of_head(head, cfg.label_smoothing),
+        PhaseConfig(name="head", epochs=cfg.head_epochs, schedule="constant", fast_epochs=True),
+        objective(inputs, head),
         callbacks=[stopping, *inputs.callbacks],
         # features, not images: float32 on the device, and no other process takes part
         runtime=Runtime(as_compute(inputs.device)),
     )
+    return kept_last(inputs, result)
 
 
 def _share_head(inputs: TrainingInputs, head: ClassifierHead, result: PhaseResult | None):

@@ -46,11 +46,19 @@ class Objective:
 
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     probabilities: Callable[[torch.Tensor], torch.Tensor]
+    class_weights: torch.Tensor | None = None  # what ``loss`` weights each class by
 
     @classmethod
-    def of_head(cls, head, label_smoothing: float = 0.0) -> Objective:
-        """A classifier head's own loss (with label smoothing) and probabilities."""
-        return cls(lambda z, t: head.loss(z, t, label_smoothing), head.probabilities)
+    def of_head(
+        cls, head, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None
+    ) -> Objective:
+        """A classifier head's own loss (with label smoothing and, if given, a weight
+        per class) and probabilities."""
+        return cls(
+            lambda z, t: head.loss(z, t, label_smoothing, class_weights),
+            head.probabilities,
+            class_weights,
+        )
 
 
 @dataclass
@@ -160,7 +168,8 @@ def evaluate(
     runtime: Runtime | None = None,
     keep: bool = False,
 ) -> Evaluation:
-    """Mean loss and accuracy over ``batches`` with the model in eval mode.
+    """Mean loss and accuracy over ``batches`` with the model in eval mode (both NaN
+    when there are no examples).
 
     With a multi-process ``collective`` each process passes its shard of the batches
     and gets the totals over all of them, so every process sees the same numbers and
@@ -188,6 +197,8 @@ def evaluate(
     finally:
         model.train(was)
     total_loss, correct, n = collective.sum([total_loss, correct, n])
+    if not n:  # nothing to judge by: say so, rather than a perfect loss of 0
+        total_loss = correct = math.nan
     return Evaluation(
         loss=total_loss / max(n, 1),
         accuracy=correct / max(n, 1),
