@@ -22,7 +22,7 @@ FAST_RUN = {
     "image_size": 16,
     "lr": 1e-2,
     "fine_tune_lr": 1e-3,
-    "epochs": 6,
+    "head_epochs": 6,
     "patience": 3,
     "fine_tune_epochs": 1,
     "batch_size": 8,

@@ -19,7 +19,7 @@ CONFIG = {
     "fine_tune_lr": 1e-3,
     "patience": 3,
     "fine_tune_epochs": 3,
-    "epochs": 8,
+    "head_epochs": 8,
     "batch_size": 6,
     "workers": 0,
     "cut": "blocks.2",

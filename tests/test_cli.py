@@ -122,24 +122,11 @@ def test_each_phases_epochs_flag_sets_its_setting():
     assert getattr(cfg, head_epochs_field()) == 7 and cfg.fine_tune_epochs == 3
 
 
-def _fitconfig_has(name: str) -> bool:
-    import dataclasses
-
-    from transferkit.config import FitConfig
-
-    return name in {f.name for f in dataclasses.fields(FitConfig)}
-
-
 def test_class_weight_flag_is_parsed():
     assert _fit_args("--class-weight", "balanced").class_weight == "balanced"
     assert _fit_args().class_weight is None
 
 
-@pytest.mark.xfail(
-    not _fitconfig_has("class_weight"),
-    reason="FitConfig.class_weight comes with the settings branch (config.py)",
-    strict=True,
-)
 def test_class_weight_flag_reaches_fit_config():
     from transferkit.cli import fit_config_from_args
 

@@ -63,7 +63,7 @@ def test_bf16_precision_keys_the_feature_cache_apart():
     assert model_key(bb, bb.data_config, 16, "avg", "bf16") != fp32
 
 
-FAST = {**FAST_FIT, "epochs": 3, "fine_tune_epochs": 1, "cut": "blocks.2"}
+FAST = {**FAST_FIT, "head_epochs": 3, "fine_tune_epochs": 1, "cut": "blocks.2"}
 
 
 def test_bf16_autocasts_extraction_and_fine_tuning_on_cpu(tmp_path, data):

@@ -19,12 +19,14 @@ def _block_after(heading: str) -> str:
 
 def _tiny(code: str, data: Path, cache: Path) -> str:
     """The page's code on a tiny random-weight backbone, tiny images and few epochs."""
-    small = f'weights="none", image_size=16, epochs=5, cache_dir={str(cache)!r}'
+    small = f'weights="none", image_size=16, head_epochs=5, cache_dir={str(cache)!r}'
     for page, test in {
         '"data/fm"': repr(str(data)),
         '"efficientnet_lite0", image_size=96': f'"test_resnet", {small}, fine_tune_epochs=2',
         'create_backbone("efficientnet_lite0")': 'create_backbone("test_resnet", weights="none")',
-        "FitConfig(image_size=96)": f"FitConfig(image_size=16, epochs=5, cache_dir={str(cache)!r})",
+        "FitConfig(image_size=96)": (
+            f"FitConfig(image_size=16, head_epochs=5, cache_dir={str(cache)!r})"
+        ),
         "StopAtAccuracy(0.95)": "StopAtAccuracy(0.0)",  # any accuracy will do
     }.items():
         code = code.replace(page, test)

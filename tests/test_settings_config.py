@@ -73,3 +73,10 @@ def test_the_documented_defaults_are_fitconfigs():
     text = PAGE.read_text()
     for flag in ("--head-epochs N", "--fine-tune-epochs N", "--class-weight balanced"):
         assert flag in text, flag
+
+
+def test_a_misspelt_config_key_names_the_close_ones(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"fine_tune_lrr": 0.001}))
+    with pytest.raises(InputError, match="key 'fine_tune_lrr'; did you mean 'fine_tune_lr'"):
+        FitConfig.from_file(path)

@@ -152,7 +152,7 @@ def _cache_rows(cache: Path) -> dict[str, np.ndarray]:
 RESUME_PARAMS = dict(
     weights="none",
     image_size=16,
-    epochs=5,
+    head_epochs=5,
     fine_tune_epochs=3,
     batch_size=8,
     workers=0,

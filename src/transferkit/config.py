@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .compute import PRECISIONS
-from .errors import InputError
+from .errors import InputError, close_matches
 from .freezing import BN_POLICIES
 from .heads import HeadConfig
 
@@ -132,9 +132,13 @@ class FitConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise InputError(
-                f"unknown config key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
+            hits = close_matches(unknown[0], known, n=2)
+            hint = (
+                f"did you mean {' or '.join(map(repr, hits))}?"
+                if hits
+                else f"known keys: {', '.join(sorted(known))}"
             )
+            raise InputError(f"unknown config key {unknown[0]!r}; {hint}")
         if isinstance(data.get("head"), dict):
             data["head"] = HeadConfig(**data["head"])
         return cls(**data)

@@ -167,17 +167,16 @@ def _load_data(data, config: FitConfig, collective):
 
 
 def _log_start(config: FitConfig, splits, backbone, runtime: Runtime) -> None:
+    """The data, the backbone and where it runs; the plan (strategy, cut) is logged
+    by ``train`` once it is made, so no line names a cut that is not used."""
     compute = runtime.compute
     log.info(
-        "fit: %d train / %d val / %d test images, %d classes, backbone %s "
-        "(cut %s), strategy %s, %s %s%s",
+        "fit: %d train / %d val / %d test images, %d classes, backbone %s, %s %s%s",
         len(splits.train),
         len(splits.val),
         len(splits.test),
         len(splits.classes),
         backbone.name,
-        backbone.cut,
-        config.strategy,
         compute.device,
         compute.precision,
         ", compiled" if compute.compile else "",
