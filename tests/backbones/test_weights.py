@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 
 import pytest
@@ -103,3 +104,12 @@ def test_a_bad_config_json_beside_a_checkpoint_is_named(tmp_path, capsys, config
     line = _refused(capsys, str(path))
     assert line.startswith(f"transferkit: error: {str(tmp_path / 'config.json')!r} beside ")
     assert "--backbone ARCH --weights" in line
+
+
+def test_mapping_by_order_is_logged_at_debug_only(caplog):
+    state = {f"renamed.{i}": v for i, v in enumerate(TinyNet().state_dict().values())}
+    with caplog.at_level(logging.DEBUG, logger="transferkit"):
+        report = load_into(TinyNet(), state, "other.pt")
+    assert report.matched_by == "order"
+    mapped = [r for r in caplog.records if "onto the model by order" in r.getMessage()]
+    assert [r.levelno for r in mapped] == [logging.DEBUG]

@@ -108,7 +108,7 @@ def load_into(
     ):
         _check_kinds([(k, a, b) for (k, a), (_, b) in zip(src, dst, strict=True)], path)
         model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src, strict=True)}, strict=True)
-        log.info("mapped %d tensors of %s onto the model by order", len(src), path)
+        log.debug("mapped %d tensors of %s onto the model by order", len(src), path)
         return LoadReport(path, "order", len(src))
     raise InputError(
         f"weights file {path!r} does not fit this architecture: {len(src)} tensors in the "
