@@ -50,25 +50,28 @@ def to_json(obj) -> str:
     return json.dumps(clean(obj), indent=2, default=str)
 
 
-# How a lone surrogate is written as text: a backslash, "u" and four hex digits.
-_ESCAPED_SURROGATE = re.compile(r"\\ud[89a-f][0-9a-f]{2}")
+# An undecodable byte of a file name written as text: "\\udc80" to "\\udcff".
+_ESCAPED_BYTE = re.compile(r"\\udc[89a-f][0-9a-f]")
 
 
 def path_text(name: str) -> str:
     """``name`` as text any UTF-8 reader takes.
 
     Why: a file name that is not valid UTF-8 (``b"caf\\xe9.png"`` on Linux) reaches
-    Python with each undecodable byte as a lone surrogate (``"caf\\udce9.png"``), which
-    UTF-8 cannot encode. Each such character is written as its escape, the six
-    characters ``\\udce9``, as Python's ``repr`` and the run's JSON files show it;
-    every other character is kept. :func:`text_path` reverses it.
+    Python with each undecodable byte as a lone surrogate, U+DC80 to U+DCFF
+    (``"caf\\udce9.png"``), which UTF-8 cannot encode. Each such character is written
+    as its escape, the six characters ``\\udce9``, as Python's ``repr`` and the run's
+    JSON files show it; every other character is kept. :func:`text_path` reverses it.
     """
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def text_path(text: str) -> str:
-    """The name :func:`path_text` wrote as ``text``, usable with ``open``."""
-    return _ESCAPED_SURROGATE.sub(lambda m: chr(int(m.group()[2:], 16)), text)
+    """The name :func:`path_text` wrote as ``text``, usable with ``open``.
+
+    The one name this misreads is one that holds the escape literally: a backslash
+    followed by ``udc80`` to ``udcff``."""
+    return _ESCAPED_BYTE.sub(lambda m: chr(int(m.group()[2:], 16)), text)
 
 
 def predictions_csv(rows: list[dict], classes: list[str]) -> str:
