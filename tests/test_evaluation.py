@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import sys
 
 import numpy as np
 import pytest
@@ -81,3 +84,23 @@ def test_data_with_no_usable_image_is_refused(trained, predictor, tmp_path):
     shutil.rmtree(tmp_path / "d")
     with pytest.raises(InputError, match="does not exist"):
         evaluate_predictor(predictor, tmp_path / "d")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX named pipes")
+def test_a_named_pipe_in_data_is_skipped_unopened(trained, predictor, tmp_path):
+    data = make_image_folder(tmp_path / "flat", classes=("red", "blue"), per_class=2, seed=3)
+    os.mkfifo(data / "red" / "pipe.png")  # opening it would wait for a writer forever
+    (data / "list.csv").write_text("path,label\nred/pipe.png,red\nblue/img0.png,blue\n")
+    signal.alarm(60)  # a hang kills the test process rather than the whole suite waiting
+    try:
+        folder, listed = (
+            evaluate_predictor(predictor, data),
+            evaluate_predictor(predictor, data / "list.csv"),
+        )
+    finally:
+        signal.alarm(0)
+    assert folder.metrics.n == 4 and listed.metrics.n == 1
+    for ev in (folder, listed):
+        assert [s["reason"] for s in ev.skipped if "pipe" in s["path"]] == [
+            "not a regular file (folder, device, pipe or socket)"
+        ]

@@ -5,6 +5,7 @@ any batch size, the sidecar carries classes and preprocessing, and `predict` on 
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -14,7 +15,15 @@ import torch
 from helpers import TINY_CONFIG, TinyNet
 from transferkit.backbones.module import create_module_backbone
 from transferkit.cli import EXPORT_FORMATS, EXPORT_OPSET, main
-from transferkit.export import DEFAULT_OPSET, FORMATS, ExportError, export_model, export_run
+from transferkit.errors import InputError, MissingDependencyError
+from transferkit.export import (
+    DEFAULT_OPSET,
+    FORMATS,
+    ExportError,
+    export_format,
+    export_model,
+    export_run,
+)
 from transferkit.heads import TransferModel, create_head
 from transferkit.predict import _jit_load, read_sidecar
 from transferkit.runs import load_run
@@ -25,9 +34,47 @@ TINY = {"data_config": TINY_CONFIG, "image_size": None}
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    onnx = export_run(trained.run, out / "model.onnx", format="onnx")
-    script = export_run(trained.run, out / "model.pt", format="torchscript")
+    onnx = export_run(trained.run, out / "model.onnx")  # the format follows the suffix
+    script = export_run(trained.run, out / "model.pt")
     return onnx, script
+
+
+def test_the_format_follows_the_suffix_of_the_file(exported):
+    onnx, script = exported
+    assert (onnx.format, script.format) == ("onnx", "torchscript")
+    assert json.loads(script.sidecar.read_text())["format"] == "torchscript"
+    assert _jit_load(script.path, torch.device("cpu")) is not None
+    suffixes = {s: export_format(f"m{s}") for s in (".onnx", ".ONNX", ".ts", ".torchscript")}
+    assert suffixes == {
+        ".onnx": "onnx",
+        ".ONNX": "onnx",
+        ".ts": "torchscript",
+        ".torchscript": "torchscript",
+    }
+    assert export_format("m.bin", "onnx") == "onnx"  # a format named wins
+
+
+@pytest.mark.parametrize("name", ["model.bin", "model"])
+def test_a_suffix_that_names_no_format_is_refused_before_any_work(tmp_path, name):
+    with pytest.raises(InputError) as err:
+        export_run(tmp_path / "no-run-here", tmp_path / name)
+    assert str(err.value) == (
+        f"cannot tell the export format from --out {str(tmp_path / name)!r}: give it the "
+        "suffix .onnx (onnx) or .pt, .pts, .torchscript, .ts (torchscript), "
+        "or name the format (onnx or torchscript)"
+    )
+
+
+@pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
+def test_a_missing_onnx_package_names_the_extra_to_install(trained, tmp_path, monkeypatch, package):
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` now fails
+    with pytest.raises(MissingDependencyError) as err:
+        export_run(trained.run, tmp_path / "m.onnx")
+    assert str(err.value) == (
+        f"exporting to ONNX needs {package}, which is not installed: "
+        "pip install 'transferkit[export]'"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_torch_onnxruntime_and_torchscript_agree_on_logits_for_any_batch(trained, exported):

@@ -3,10 +3,15 @@ with the reason and the rest still predicted; exit 0 when anything was predicted
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import shutil
+import signal
+import socket
+import sys
 
 import numpy as np
 import pytest
@@ -129,6 +134,64 @@ def test_load_predictor_refuses_what_it_cannot_run(tmp_path):
 
 def test_cli_and_renderer_agree_on_the_formats():
     assert PREDICT_FORMATS == RENDERED_FORMATS
+
+
+class Hung(BaseException):
+    """Raised by the alarm; no ``except Exception`` in the code under test catches it."""
+
+
+@contextlib.contextmanager
+def _at_most(seconds: int):
+    """Fail instead of hanging: the alarm interrupts an open blocked on a pipe."""
+
+    def give_up(*_):
+        raise Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes and sockets")
+def test_pipes_and_sockets_are_failures_and_never_opened(tmp_path):
+    good = _pngs(tmp_path, 1)
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "pipe.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sub" / "sock.png"))
+    predictor = _fake(["a", "b"], [[1, 0]])
+    inputs = [str(tmp_path / "fifo.png"), str(tmp_path / "sub"), str(tmp_path / "*.png")]
+    with _at_most(10), contextlib.closing(sock):
+        result = predictor.predict(inputs)
+    assert [p.path for p in result.predictions] == good
+    assert [(os.path.basename(f.path), f.reason) for f in result.failures] == [
+        ("fifo.png", "not a regular file (a named pipe)"),
+        ("pipe.png", "not a regular file (a named pipe)"),
+        ("sock.png", "not a regular file (a socket)"),
+    ]
+    with _at_most(10), pytest.raises(InputError, match=r"fifo\.png: not a regular file"):
+        predictor.predict_proba([str(tmp_path / "fifo.png")])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX named pipes")
+def test_a_model_file_that_is_a_named_pipe_is_refused_unopened(tmp_path):
+    model = tmp_path / "model.onnx"
+    os.mkfifo(model)
+    sidecar = {
+        "classes": ["a", "b"],
+        "binary": False,
+        "preprocessing": {"data_config": {"input_size": [3, 4, 4]}},
+        "sha256": "0" * 64,
+    }
+    (tmp_path / "model.onnx.json").write_text(json.dumps(sidecar))
+    with _at_most(10), pytest.raises(InputError) as err:
+        load_predictor(model)
+    assert str(err.value) == f"model {str(model)!r} is a named pipe, not a file"
 
 
 # ------------------------------------------------------- CLI on a real (tiny) run

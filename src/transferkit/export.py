@@ -13,7 +13,7 @@ batches of two sizes (2 and 3) and compared with the torch model; only when the 
 difference is within bounds is the file moved into place. A failed check leaves no file.
 
 Example:
-    >>> result = export_run("runs/cats", "cats.onnx", format="onnx")  # doctest: +SKIP
+    >>> result = export_run("runs/cats", "cats.onnx")  # ONNX, from the suffix  # doctest: +SKIP
     >>> result.max_abs_diff < result.bound                             # doctest: +SKIP
     True
 """
@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import secrets
@@ -36,7 +37,7 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_write_text
 from .errors import InputError, MissingDependencyError, TransferkitError
-from .predict import sidecar_path, transform_from
+from .predict import ONNX_SUFFIXES, TORCHSCRIPT_SUFFIXES, sidecar_path, transform_from
 from .runs import file_sha256, load_run
 
 FORMATS = ("onnx", "torchscript")
@@ -83,7 +84,7 @@ def export_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    format: str = "onnx",
+    format: str | None = None,
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
     backbone: nn.Module | None = None,
@@ -93,16 +94,18 @@ def export_run(
     Args:
         run_dir: a run written by ``fit``.
         out: the file to write; its sidecar is ``out + ".json"``.
-        format: ``"onnx"`` or ``"torchscript"``.
+        format: ``"onnx"`` or ``"torchscript"``; ``None``: from the suffix of ``out``
+            (see :func:`export_format`).
         opset: ONNX opset version.
         tolerance: accepted logit difference, scaled by the logits' magnitude.
         backbone: the backbone module, for a run trained on a Python module.
 
     Raises:
         InputError: bad format or output path, or a run that fails to load.
+        MissingDependencyError: ONNX asked for, and onnx or onnxruntime not installed.
         ExportError: the exported model's logits differ from torch's beyond the bound.
     """
-    _check_format(format)
+    format = _ready_format(out, format)
     loaded = load_run(run_dir, backbone=backbone)
     source = {"run": str(Path(run_dir)), "weights_sha256": loaded.config.get("weights_sha256")}
     return export_model(
@@ -121,7 +124,7 @@ def export_model(
     model: nn.Module,
     out: str | os.PathLike,
     *,
-    format: str,
+    format: str | None = None,
     classes: Sequence[str],
     preprocessing: Mapping,
     source: Mapping | None = None,
@@ -133,14 +136,14 @@ def export_model(
     Args:
         model: the model; exported on the CPU in eval mode, then put back as it was.
         out: the file to write.
-        format: ``"onnx"`` or ``"torchscript"``.
+        format: ``"onnx"`` or ``"torchscript"``; ``None``: from the suffix of ``out``.
         classes: class names in output order.
         preprocessing: ``{"data_config": ..., "image_size": ...}`` as in a run config.
         source: where the model came from, recorded in the sidecar.
         opset: ONNX opset version.
         tolerance: see :func:`export_run`.
     """
-    _check_format(format)
+    format = _ready_format(out, format)
     out = _check_out(out)
     transform = transform_from(dict(preprocessing))
     interface = _Interface(
@@ -184,9 +187,39 @@ def _export_checked(
     return diff, bound, runtime
 
 
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise InputError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
+def export_format(out: str | os.PathLike, format: str | None = None) -> str:
+    """The format to export to: ``format`` if given, else the one the suffix of ``out``
+    names, as ``predict`` reads it (``.onnx``: ONNX; ``.pt``, ``.pts``, ``.torchscript``,
+    ``.ts``: TorchScript). An :class:`InputError` for anything else."""
+    if format is not None:
+        if format not in FORMATS:
+            raise InputError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
+        return format
+    suffix = Path(out).suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return "onnx"
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        return "torchscript"
+    raise InputError(
+        f"cannot tell the export format from --out {os.fspath(out)!r}: give it the suffix "
+        f"{', '.join(ONNX_SUFFIXES)} (onnx) or {', '.join(TORCHSCRIPT_SUFFIXES)} "
+        f"(torchscript), or name the format ({' or '.join(FORMATS)})"
+    )
+
+
+def _ready_format(out: str | os.PathLike, format: str | None) -> str:
+    """The export format, after checking that what it needs is installed."""
+    format = export_format(out, format)
+    if format == "onnx":
+        for package in ("onnx", "onnxruntime"):  # the exporter, and the check after it
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise MissingDependencyError(
+                    f"exporting to ONNX needs {package}, which is not installed: "
+                    "pip install 'transferkit[export]'"
+                ) from None
+    return format
 
 
 def _check_out(out: str | os.PathLike) -> Path:
@@ -254,18 +287,10 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int)
 
 
 def _run_onnx(path: Path, batches: list[torch.Tensor]) -> tuple[list[np.ndarray], str]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingDependencyError(
-            "verifying an ONNX export needs onnxruntime: pip install 'transferkit[export]'"
-        ) from None
-    try:
-        import onnx
+    import onnx  # both installed: _ready_format checked
+    import onnxruntime as ort
 
-        onnx.checker.check_model(str(path))
-    except ImportError:
-        pass  # onnxruntime below loads and runs it, which checks it too
+    onnx.checker.check_model(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = [session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0] for x in batches]
     return outputs, f"onnxruntime {ort.__version__}"

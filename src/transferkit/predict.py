@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import IMAGE_EXTENSIONS, create_transform, open_image
-from .data.images import extension_problem
+from .data.images import extension_problem, special_file
 from .data.scanning import litter_reason
 from .errors import InputError, MissingDependencyError
 from .runs import file_sha256
@@ -345,6 +345,9 @@ def load_predictor(
         return _run_predictor(p, device, batch_size, backbone)
     if not p.exists():
         raise InputError(f"model not found: {str(p)!r} does not exist")
+    special = special_file(p)
+    if special is not None:  # reading a named pipe would wait for a writer forever
+        raise InputError(f"model {str(p)!r} is {special}, not a file")
     suffix = p.suffix.lower()
     if suffix in ONNX_SUFFIXES:
         return _onnx_predictor(p, batch_size)

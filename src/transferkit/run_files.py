@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 CONFIG, WEIGHTS, METRICS, HISTORY = (
@@ -49,12 +50,40 @@ def to_json(obj) -> str:
     return json.dumps(clean(obj), indent=2, default=str)
 
 
+# An undecodable byte of a file name written as text: "\\udc80" to "\\udcff".
+_ESCAPED_BYTE = re.compile(r"\\udc[89a-f][0-9a-f]")
+
+
+def path_text(name: str) -> str:
+    """``name`` as text any UTF-8 reader takes.
+
+    Why: a file name that is not valid UTF-8 (``b"caf\\xe9.png"`` on Linux) reaches
+    Python with each undecodable byte as a lone surrogate, U+DC80 to U+DCFF
+    (``"caf\\udce9.png"``), which UTF-8 cannot encode. Each such character is written
+    as its escape, the six characters ``\\udce9``, as Python's ``repr`` and the run's
+    JSON files show it; every other character is kept. :func:`text_path` reverses it.
+    """
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def text_path(text: str) -> str:
+    """The name :func:`path_text` wrote as ``text``, usable with ``open``.
+
+    The one name this misreads is one that holds the escape literally: a backslash
+    followed by ``udc80`` to ``udcff``."""
+    return _ESCAPED_BYTE.sub(lambda m: chr(int(m.group()[2:], 16)), text)
+
+
 def predictions_csv(rows: list[dict], classes: list[str]) -> str:
-    """split, path, label, prediction, confidence, then one probability per class."""
+    """split, path, label, prediction, confidence, then one probability per class.
+
+    Paths and class names go through :func:`path_text`, so the CSV is UTF-8 whatever
+    the file names are; :func:`read_predictions` gives them back as they were."""
+    names = [path_text(str(c)) for c in classes]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(
-        ["split", "path", "label", "prediction", "confidence", *[f"p:{c}" for c in classes]]
+        ["split", "path", "label", "prediction", "confidence", *[f"p:{c}" for c in names]]
     )
     for r in rows:
         probs = r["probs"]
@@ -62,9 +91,9 @@ def predictions_csv(rows: list[dict], classes: list[str]) -> str:
         writer.writerow(
             [
                 r["split"],
-                r["path"],
-                classes[r["label"]],
-                classes[best],
+                path_text(str(r["path"])),
+                names[r["label"]],
+                names[best],
                 f"{probs[best]:.6f}",
                 *[f"{p:.6f}" for p in probs],
             ]
@@ -73,13 +102,17 @@ def predictions_csv(rows: list[dict], classes: list[str]) -> str:
 
 
 def read_predictions(run_dir: str | Path) -> list[dict]:
-    """Rows of predictions.csv with probabilities as floats (empty if absent)."""
+    """Rows of predictions.csv with probabilities as floats (empty if absent); paths
+    and class names as they were before :func:`predictions_csv` escaped them."""
     path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
+        for key in ("path", "label", "prediction"):
+            if r.get(key) is not None:
+                r[key] = text_path(r[key])
         r["confidence"] = float(r["confidence"])
         r["probs"] = [float(v) for k, v in r.items() if k.startswith("p:")]
     return rows

@@ -39,13 +39,26 @@ def _architecture_of(path: Path, meta: dict[str, str]) -> str | None:
     if meta.get("architecture"):
         return meta["architecture"]
     sidecar = path.with_name("config.json")
-    if sidecar.is_file():
-        try:
-            cfg = json.loads(sidecar.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return cfg.get("architecture") or cfg.get("arch")
-    return None
+    if not sidecar.is_file():
+        return None
+    try:
+        cfg = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        problem = f"cannot be read as JSON ({type(exc).__name__})"
+        raise _bad_config(sidecar, path, problem) from None
+    if not isinstance(cfg, dict):
+        raise _bad_config(sidecar, path, "is not a JSON object")
+    arch = cfg.get("architecture") or cfg.get("arch")
+    if arch is not None and not isinstance(arch, str):
+        raise _bad_config(sidecar, path, f"gives the architecture as {arch!r}, not a name")
+    return arch
+
+
+def _bad_config(sidecar: Path, path: Path, problem: str) -> InputError:
+    return InputError(
+        f"{str(sidecar)!r} beside {str(path)!r} {problem}; fix it, or name the "
+        f"architecture: --backbone ARCH --weights {path}"
+    )
 
 
 def create_checkpoint_backbone(path: str | Path, *, cut: str | None = None) -> Backbone:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 
@@ -163,6 +164,9 @@ def open_image(
     if channels not in (1, 3):
         raise InputError(f"channels must be 1 or 3, got {channels!r}")
     name = os.fsdecode(path)
+    special = special_file(path)
+    if special is not None:
+        raise InputError(f"{name}: not a regular file ({special})")
     with _open(path, name) as img:
         w, h = img.size
         if w * h > max_pixels:
@@ -173,6 +177,22 @@ def open_image(
             return to_channels(upright, channels)
         except Exception as exc:
             raise InputError(f"{name}: truncated or corrupt image: {_describe(exc)}") from None
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is there but not a regular file ("a named pipe", ...),
+    else ``None``. Only ``stat``: opening a named pipe would wait for a writer forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # opening it says what is wrong
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a folder" if stat.S_ISDIR(mode) else "a device"
 
 
 def _open(path: str | os.PathLike, name: str) -> Image.Image:

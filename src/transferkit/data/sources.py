@@ -14,6 +14,7 @@ import os
 
 from ..errors import InputError
 from .arrays import resolve_arrays
+from .images import special_file
 from .raw import RawSource
 from .scanning import (
     Candidate,
@@ -46,6 +47,9 @@ def resolve_source(source) -> RawSource:
             raise InputError(f"data not found: {os.fspath(source)!r} does not exist")
         if os.path.isdir(path):
             return resolve_folder(path)
+        special = special_file(path)
+        if special is not None:  # a named pipe would block the read forever
+            raise InputError(f"data {os.fspath(source)!r} is {special}, not a file")
         if path.lower().endswith(".csv"):
             return resolve_csv(path)
         raise InputError(
@@ -196,6 +200,8 @@ def _collect(folder: str, class_dirs: list[str], split: str, src: RawSource) -> 
 
 
 def _read_metadata(path: str) -> dict | None:
+    if special_file(path) is not None:
+        return None
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
