@@ -44,11 +44,6 @@ def test_text_path_undoes_only_the_escapes_of_undecodable_bytes():
 
 
 @pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="needs byte file names")
-@pytest.mark.xfail(
-    strict=True,
-    reason="report.html is encoded as strict UTF-8 (reports/html.py); passes once the "
-    "page escapes undecodable bytes as predictions.csv does",
-)
 def test_fit_on_a_file_name_that_is_not_utf8_writes_a_readable_run(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=6, layout="splits", test_per_class=2)
     red = os.fsencode(data / "test" / "red")
@@ -56,7 +51,7 @@ def test_fit_on_a_file_name_that_is_not_utf8_writes_a_readable_run(tmp_path):
     with open(os.path.join(red, b"notes\xe9.txt"), "wb") as f:
         f.write(b"not an image")  # a skipped file: its name goes into the data report
     config = tmp_path / "fit.json"
-    config.write_text(json.dumps({**FAST_FIT, "epochs": 3, "fine_tune_epochs": 1}))
+    config.write_text(json.dumps({**FAST_FIT, "head_epochs": 3, "fine_tune_epochs": 1}))
     run = tmp_path / "run"
     args = ["fit", str(data), "--out", str(run), "--config", str(config)]
     args += ["--backbone", "test_resnet", "--weights", "none", "--cache-dir", str(tmp_path / "c")]
@@ -67,3 +62,25 @@ def test_fit_on_a_file_name_that_is_not_utf8_writes_a_readable_run(tmp_path):
     report = json.loads((run / DATA_REPORT).read_text(encoding="utf-8"))
     assert os.fsdecode(b"notes\xe9.txt") in json.dumps(report, ensure_ascii=False)
     assert rc == 0
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="needs byte file names")
+def test_predict_prints_a_name_that_is_not_utf8_to_a_strict_terminal(trained, tmp_path):
+    """Under a UTF-8 locale stdout refuses lone surrogates; the command escapes them."""
+    import shutil
+    import subprocess
+
+    folder = os.fsencode(tmp_path / "imgs")
+    os.mkdir(folder)
+    first = next((trained.data / "test" / "red").iterdir())
+    shutil.copy(first, os.path.join(folder, b"caf\xe9.png"))
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "TRANSFERKIT_PROGRESS": "0"}
+    command = [sys.executable, "-m", "transferkit", "predict", str(trained.run)]
+    for fmt in ("table", "csv", "json"):
+        done = subprocess.run(
+            [*command, os.fsdecode(folder), "--format", fmt],
+            env=env,
+            capture_output=True,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert b"caf\\udce9.png" in done.stdout, fmt

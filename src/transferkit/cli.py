@@ -696,6 +696,9 @@ def entry_point() -> None:
     a library import must not change the collector's state of the user's process.
     ``--help``, ``--version`` and usage errors import none of it and freeze nothing."""
     _freeze_after_imports["pending"] = True
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     sys.exit(main())
 
 

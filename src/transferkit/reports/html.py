@@ -165,7 +165,8 @@ def write_report(
         for name, png in figures.items():
             atomic_write_bytes(Path(png_dir) / name, png)
     path = Path(path)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # a file name that is not UTF-8 shows as its escapes (caf\udce9.png), as in predictions.csv
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
     return path
 
 
