@@ -65,6 +65,13 @@ def test_a_suffix_that_names_no_format_is_refused_before_any_work(tmp_path, name
     )
 
 
+def test_a_format_the_suffix_contradicts_is_refused_before_any_work(tmp_path):
+    with pytest.raises(InputError, match=r"--format onnx does not fit --out .*model.pt"):
+        export_run(tmp_path / "no-run-here", tmp_path / "model.pt", format="onnx")
+    with pytest.raises(InputError, match=r"would read a \.onnx file as onnx"):
+        export_run(tmp_path / "no-run-here", tmp_path / "m.onnx", format="torchscript")
+
+
 @pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
 def test_a_missing_onnx_package_names_the_extra_to_install(trained, tmp_path, monkeypatch, package):
     monkeypatch.setitem(sys.modules, package, None)  # `import package` now fails

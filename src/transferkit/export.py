@@ -191,15 +191,22 @@ def export_format(out: str | os.PathLike, format: str | None = None) -> str:
     """The format to export to: ``format`` if given, else the one the suffix of ``out``
     names, as ``predict`` reads it (``.onnx``: ONNX; ``.pt``, ``.pts``, ``.torchscript``,
     ``.ts``: TorchScript). An :class:`InputError` for anything else."""
-    if format is not None:
-        if format not in FORMATS:
-            raise InputError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
-        return format
+    if format is not None and format not in FORMATS:
+        raise InputError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
     suffix = Path(out).suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        return "onnx"
-    if suffix in TORCHSCRIPT_SUFFIXES:
-        return "torchscript"
+    named = {
+        **dict.fromkeys(ONNX_SUFFIXES, "onnx"),
+        **dict.fromkeys(TORCHSCRIPT_SUFFIXES, "torchscript"),
+    }
+    if format is not None and named.get(suffix, format) != format:
+        raise InputError(
+            f"--format {format} does not fit --out {os.fspath(out)!r}: predict would read a "
+            f"{suffix} file as {named[suffix]}; name the file with the format's suffix"
+        )
+    if format is not None:
+        return format
+    if suffix in named:
+        return named[suffix]
     raise InputError(
         f"cannot tell the export format from --out {os.fspath(out)!r}: give it the suffix "
         f"{', '.join(ONNX_SUFFIXES)} (onnx) or {', '.join(TORCHSCRIPT_SUFFIXES)} "
