@@ -121,7 +121,8 @@ def test_a_shard_another_process_is_committing_survives_this_ones_cleanup(tmp_pa
         assert npy.exists()
     finally:
         go.touch()
-    assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    _, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
     found = FeatureStore(tmp_path / "store").lookup("k", ["a", "b"])
     assert not found.missing
     np.testing.assert_array_equal(
