@@ -23,6 +23,14 @@ extracting none (checked).
 Prints JSON (and writes it with --out).
 
     .venv/bin/python bench/cache.py --out bench/results/cache.json
+
+``--scan REV`` measures instead what content keys cost the data scan: a folder of
+``--scan-images`` JPEGs is scanned warm (every verdict cached) by this source tree and
+by ``src/`` of git revision REV, in alternating subprocesses (``--scan-rounds`` each,
+median of ``--scan-repeats`` warm scans per subprocess); ``warm_ratio`` is this
+tree's warm scan time over REV's.
+
+    .venv/bin/python bench/cache.py --scan c6ba26d --out bench/results/scan_cache.json
 """
 
 from __future__ import annotations
@@ -148,6 +156,98 @@ def variant_command(mode: str, image_size: int, cut: str | None, save: bool = Tr
     )
 
 
+SCAN = """
+import json, statistics, sys, time
+from transferkit.data.scanning import ScanOptions, verify_files, walk_class_folder
+
+root, cache, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
+classes = [f"{root}/{c}" for c in sorted(__import__("os").listdir(root))]
+
+def scan():
+    found = []
+    for folder in classes:
+        label = folder.rsplit("/", 1)[1]
+        found += walk_class_folder(folder, label=label, split="train", root=root, skipped=[])
+    return verify_files(found, root=root, options=ScanOptions(cache_dir=cache))
+
+scan()  # cold: fills the cache
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    result = scan()
+    times.append(time.perf_counter() - start)
+    assert result.cache_misses == 0 and len(result.files) > 0, "not a warm scan"
+print(json.dumps({"warm_seconds": statistics.median(times), "files": len(result.files)}))
+"""
+
+
+def jpeg_folder(root: Path, n: int, side: int = 256) -> int:
+    """``n`` noisy JPEGs (quality 90) in 3 class folders; returns their total bytes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    total = 0
+    for i in range(n):
+        folder = root / f"class{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, 3).astype(np.float32)
+        pixels = (base + rng.normal(0, 30, (side, side, 3))).clip(0, 255).astype("uint8")
+        path = folder / f"{i:04d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        total += path.stat().st_size
+    return total
+
+
+def source_tree(rev: str, dest: Path) -> Path:
+    """``src/`` of git revision ``rev``, unpacked under ``dest``."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev, "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src"
+
+
+def timed_scan(src: Path, data: Path, cache: Path, repeats: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", SCAN, str(data), str(cache), str(repeats)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scan with {src} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def scan_main(args) -> int:
+    """Warm scan time of this tree over revision ``args.scan``'s, one folder, one run."""
+    work = Path(tempfile.mkdtemp(prefix="tk-scan-bench-"))
+    data_bytes = jpeg_folder(work / "data", args.scan_images)
+    trees = {"before": source_tree(args.scan, work / "before"), "after": Path("src").resolve()}
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for r in range(args.scan_rounds):
+        for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
+            out = timed_scan(
+                trees[name], work / "data", work / f"cache-{name}-{r}", args.scan_repeats
+            )
+            times[name].append(out["warm_seconds"])
+    before, after = (statistics.median(times[k]) for k in ("before", "after"))
+    summary = {
+        "benchmark": "scan_cache",
+        "transferkit_commit": git_state(),
+        "baseline_rev": args.scan,
+        "command": command_line("bench/cache.py", None),
+        "data": {
+            "jpegs": args.scan_images,
+            "mean_kib": round(data_bytes / args.scan_images / 1024, 1),
+        },
+        "machine": {"cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)},
+        "warm_seconds": {k: [round(t, 4) for t in v] for k, v in times.items()},
+        "warm_median_seconds": {"before": round(before, 4), "after": round(after, 4)},
+        "warm_ratio": round(after / before, 2),
+    }
+    emit(summary, args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-class", type=int, default=100)
@@ -156,11 +256,17 @@ def parse_args(argv=None):
     p.add_argument("--warm-runs", type=int, default=3)
     p.add_argument("--modes", default="cli,api", help="cli, api or both (comma-separated)")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--scan", metavar="REV", help="time warm data scans, this tree vs REV")
+    p.add_argument("--scan-images", type=int, default=300)
+    p.add_argument("--scan-rounds", type=int, default=6)
+    p.add_argument("--scan-repeats", type=int, default=5)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.scan:
+        return scan_main(args)
     load = LoadSampler()
     work = Path(tempfile.mkdtemp(prefix="tk-cache-bench-"))
     os.environ["TRANSFERKIT_CACHE_DIR"] = str(work / "api-root")

@@ -4,10 +4,12 @@ written, and untouched by a store that may not write."""
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 
-from transferkit.features.store import FeatureStore
+from transferkit.features.store import STRAY_AGE_S, FeatureStore
 
 
 def test_put_lookup_assemble_round_trip_in_any_order(tmp_path):
@@ -40,11 +42,15 @@ def test_a_damaged_shard_is_deleted_and_its_rows_are_missing_again(tmp_path):
     assert not list((tmp_path / "k").iterdir())
 
 
-def test_an_array_without_its_json_is_never_used(tmp_path):
+def test_an_array_without_its_json_is_never_used_and_goes_once_dead(tmp_path):
     store = FeatureStore(tmp_path)
     store.put("k", ["a"], np.ones((1, 2), np.float32))
     (meta,) = (tmp_path / "k").glob("*.json")
     meta.unlink()  # a crash between writing the array and its JSON
+    assert list(store.lookup("k", ["a"]).missing) == ["a"]
+    (npy,) = (tmp_path / "k").glob("*.npy")  # young: its writer may still be committing
+    old = time.time() - STRAY_AGE_S - 1
+    os.utime(npy, (old, old))  # its writer is long gone
     assert list(store.lookup("k", ["a"]).missing) == ["a"]
     assert not list((tmp_path / "k").glob("*.npy"))
 

@@ -1,9 +1,11 @@
 """Where transferkit keeps things it can recompute, and the scan-verdict cache.
 
 Why cache verdicts: decoding every file of a 50,000-image folder takes minutes; a
-re-scan should only decode what changed. A verdict is keyed by the file's path, size
-and modification time (and the pixel limit it was judged under), so an edited or
-replaced file is always decoded again.
+re-scan should only decode what changed. A verdict is keyed by the file's path and the
+SHA-1 of its bytes (and the pixel limit it was judged under). Every scan reads and
+hashes every file, so an edited or replaced file is always decoded again, even one
+whose size and modification time were kept: a file's digest (which keys the feature
+cache) is always that of its content now, never one remembered from its metadata.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import PIL
 
 CACHE_ENV = "TRANSFERKIT_CACHE_DIR"
-_FORMAT = 1
+_FORMAT = 2  # 1 keyed verdicts by size and mtime
 
 
 def cache_root() -> Path:
@@ -56,20 +58,23 @@ class VerdictCache:
         self.misses = 0
 
     @staticmethod
-    def key(size: int, mtime_ns: int, max_pixels: int) -> str:
-        return f"{size}:{mtime_ns}:{max_pixels}"
+    def key(digest: str, max_pixels: int) -> str:
+        return f"{digest}:{max_pixels}"
 
     def get(self, path: str, key: str) -> dict | None:
-        """The cached verdict for ``path`` if its key still matches, else ``None``."""
+        """The cached verdict for ``path`` if its key still matches, else ``None``.
+        Only reads: safe from the scan's threads."""
         entry = self._old.get(path)
-        if entry is not None and entry.get("key") == key:
-            self.hits += 1
-            self._new[path] = entry
-            return entry["verdict"]
-        self.misses += 1
+        if isinstance(entry, dict) and entry.get("key") == key:
+            return entry.get("verdict")
         return None
 
-    def put(self, path: str, key: str, verdict: dict) -> None:
+    def keep(self, path: str, key: str, verdict: dict, *, hit: bool) -> None:
+        """Record this scan's verdict for ``path`` (found in the cache or new)."""
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
         self._new[path] = {"key": key, "verdict": verdict}
 
     def save(self) -> None:

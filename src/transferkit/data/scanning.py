@@ -2,9 +2,11 @@
 
 Two passes with one job each. ``walk_class_folder`` turns a folder tree into candidate
 files, setting aside OS litter, hidden files, symlink loops and unreadable folders
-with a reason. ``verify_files`` decodes each candidate (in threads; Pillow releases
-the GIL while decoding), caching verdicts so re-scans only decode what changed.
-Nothing is dropped without a ``SkippedFile`` saying why.
+with a reason. ``verify_files`` reads and hashes every candidate on every scan and
+decodes it unless its content digest already has a verdict (in threads; hashing and
+Pillow release the GIL), so a digest is always that of the bytes the file holds now,
+and re-scans only decode what changed. Nothing is dropped without a ``SkippedFile``
+saying why.
 """
 
 from __future__ import annotations
@@ -226,35 +228,32 @@ def verify_files(
 ) -> ScanResult:
     """Decode-check every candidate once; return the usable files and the rest with reasons.
 
-    Cheap checks (extension, size, cache) run first in this thread; only files whose
-    verdict is unknown are read and decoded, in a thread pool.
+    Cheap checks (extension, size) run first in this thread; every other file is read
+    and hashed, in a thread pool, and decoded only if the cache has no verdict for
+    its content.
     """
     options = options or ScanOptions()
     cache = VerdictCache(root, options.cache_dir, enabled=options.cache)
     result = ScanResult(cache_path=str(cache.path) if options.cache else None)
-    outcomes: list[ScannedFile | SkippedFile | None] = []
-    todo: list[tuple[int, str]] = []
-    for c in candidates:
-        outcome, key = _precheck(c, options, cache)
-        if outcome is None:
-            todo.append((len(outcomes), key))
-        outcomes.append(outcome)
+    outcomes: list[ScannedFile | SkippedFile | None] = [_precheck(c, options) for c in candidates]
+    todo = [i for i, o in enumerate(outcomes) if o is None]
     workers = options.workers or min(8, os.cpu_count() or 1)
-    jobs = [candidates[i].path for i, _ in todo]
+    check = lambda i: _check(candidates[i].path, options.max_pixels, cache)  # noqa: E731
     with warnings.catch_warnings():
         # We judge size ourselves; PIL's warning would only repeat it on stderr.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        if workers > 1 and len(jobs) > 16:
+        if workers > 1 and len(todo) > 16:
             with ThreadPoolExecutor(workers) as pool:
-                decoded = list(pool.map(lambda p: _decode(p, options.max_pixels), jobs))
+                checked = list(pool.map(check, todo))
         else:
-            decoded = [_decode(p, options.max_pixels) for p in jobs]
-    for (i, key), (digest, probe_or_error) in zip(todo, decoded, strict=True):
+            checked = [check(i) for i in todo]
+    for i, (digest, probe_or_error, hit) in zip(todo, checked, strict=True):
         c = candidates[i]
         if isinstance(probe_or_error, SkippedFile):  # unreadable: not cached, may be fixed
             outcomes[i] = SkippedFile(c.rel, probe_or_error.reason, probe_or_error.kind)
             continue
-        cache.put(c.path, key, {"digest": digest, "probe": probe_or_error.to_dict()})
+        verdict = {"digest": digest, "probe": probe_or_error.to_dict()}
+        cache.keep(c.path, cache.key(digest, options.max_pixels), verdict, hit=hit)
         outcomes[i] = _outcome(c, digest, probe_or_error)
     cache.save()
     result.cache_hits, result.cache_misses = cache.hits, cache.misses
@@ -263,11 +262,11 @@ def verify_files(
     return result
 
 
-def _precheck(c: Candidate, options: ScanOptions, cache: VerdictCache):
-    """(outcome, cache key): an outcome when cheap checks or the cache decide."""
+def _precheck(c: Candidate, options: ScanOptions) -> SkippedFile | None:
+    """Why a candidate is refused without being read, or ``None`` to read it."""
     problem = extension_problem(c.path)
     if problem:
-        return SkippedFile(c.rel, problem, "not_image"), ""
+        return SkippedFile(c.rel, problem, "not_image")
     try:
         st = os.stat(c.path)
     except OSError as exc:
@@ -275,13 +274,13 @@ def _precheck(c: Candidate, options: ScanOptions, cache: VerdictCache):
         reason = "file not found" if kind == "missing" else f"cannot read: {_os_reason(exc)}"
         if os.path.islink(c.path):
             reason, kind = _link_reason(exc), "symlink"
-        return SkippedFile(c.rel, reason, kind), ""
+        return SkippedFile(c.rel, reason, kind)
     if not stat.S_ISREG(st.st_mode):
         return SkippedFile(
             c.rel, "not a regular file (folder, device, pipe or socket)", "not_image"
-        ), ""
+        )
     if st.st_size == 0:
-        return SkippedFile(c.rel, "empty file (0 bytes)", "empty"), ""
+        return SkippedFile(c.rel, "empty file (0 bytes)", "empty")
     if st.st_size > options.max_file_bytes:
         mib = st.st_size / 2**20
         return SkippedFile(
@@ -289,15 +288,8 @@ def _precheck(c: Candidate, options: ScanOptions, cache: VerdictCache):
             f"file too large to read safely ({mib:,.0f} MiB; "
             f"limit {options.max_file_bytes / 2**20:,.0f} MiB)",
             "too_large",
-        ), ""
-    key = cache.key(st.st_size, st.st_mtime_ns, options.max_pixels)
-    cached = cache.get(c.path, key)
-    if cached is not None:
-        try:
-            return _outcome(c, cached["digest"], Probe.from_dict(cached["probe"])), key
-        except (KeyError, TypeError):
-            pass  # an entry from a damaged cache file: decode again
-    return None, key
+        )
+    return None
 
 
 def _outcome(c: Candidate, digest: str, probe: Probe) -> ScannedFile | SkippedFile:
@@ -312,15 +304,25 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-def _decode(path: str, max_pixels: int) -> tuple[str, Probe | SkippedFile]:
+def _check(
+    path: str, max_pixels: int, cache: VerdictCache
+) -> tuple[str, Probe | SkippedFile, bool]:
+    """(content digest, verdict, whether the verdict came from the cache): the file is
+    read and hashed every time; it is decoded only when its content is new."""
     try:
         data = _read_file(path)
     except OSError as exc:
-        return "", SkippedFile(path, f"cannot read: {_os_reason(exc)}", _os_kind(exc))
+        return "", SkippedFile(path, f"cannot read: {_os_reason(exc)}", _os_kind(exc)), False
     digest = hashlib.sha1(data).hexdigest()
     if not data:
-        return digest, Probe(False, "empty", "empty file (0 bytes)")
-    return digest, probe_image(data, max_pixels)
+        return digest, Probe(False, "empty", "empty file (0 bytes)"), False
+    cached = cache.get(path, cache.key(digest, max_pixels))
+    if cached is not None:
+        try:
+            return digest, Probe.from_dict(cached["probe"]), True
+        except (KeyError, TypeError):
+            pass  # an entry from a damaged cache file: decode again
+    return digest, probe_image(data, max_pixels), False
 
 
 def _dir_key(path: str) -> tuple[int, int] | None:

@@ -5,7 +5,9 @@ transfer learning).
 :class:`FeatureCache` joins the torch-free :class:`~.store.FeatureStore` (lookup,
 put, assemble) and the one extraction path (:func:`~.extract.iter_features`): it
 looks up every image's content digest, runs the backbone over the missing images
-only, stores them as one new shard, and assembles the rows in the order asked.
+only, stores them as one new shard, and assembles the rows in the order asked. When
+the store's folder cannot be written (full, read-only), the new rows stay in memory
+and the fit goes on (the store warns once).
 
 Under torchrun (a multi-process ``collective``) rank 0 alone reads and writes the
 store: it finds what is missing, every process extracts a disjoint share of it, rank
@@ -96,10 +98,10 @@ class FeatureCache:
         if found.missing:
             indices, missing = list(found.missing.values()), list(found.missing)
             subset = torch.utils.data.Subset(dataset, indices)
-            path = self.store.write(key, missing, _batches(backbone, subset, extraction))
+            rows = self.store.write(key, missing, _batches(backbone, subset, extraction))
             self.store.stats.extracted += len(indices)
             for row, d in enumerate(missing):
-                found.where[d] = (path, row)
+                found.where[d] = (rows, row)
         return self.store.assemble(key, digests, found.where)
 
     def put(self, backbone, digests: Sequence[str], features: np.ndarray, extraction) -> int:
@@ -119,9 +121,9 @@ class FeatureCache:
             mine = torch.utils.data.Subset(dataset, collective.shard([i for i, _ in todo]))
             rows = gather_extracted(_batches(backbone, mine, extraction), collective, len(todo))
             if collective.is_main:
-                path = self.store.write(key, [d for _, d in todo], rows)
+                stored = self.store.write(key, [d for _, d in todo], rows)
                 self.store.stats.extracted += len(todo)
-                where.update({d: (path, row) for row, (_, d) in enumerate(todo)})
+                where.update({d: (stored, row) for row, (_, d) in enumerate(todo)})
             else:
                 for _ in rows:  # take part in every gather; rank 0 keeps the rows
                     pass
