@@ -179,7 +179,7 @@ def probe_feature_shape(backbone, size: int, compute=None) -> tuple[int, ...]:
 def _planned_inputs(backbone, splits, config, features, runtime, callbacks) -> TrainingInputs:
     """Plan (measuring if needed), cut the backbone as planned, and seed the cache
     with what the measuring pass extracted."""
-    advice = AdviceStore(features.root / "advice", writable=features.store.writable)
+    advice = AdviceStore(features.root / "advice", writable=features.store.can_write)
     torch.manual_seed(config.seed)
     plan, measurement = make_plan(backbone, splits, config, advice=advice, compute=runtime.compute)
     if plan.cut != backbone.cut:

@@ -131,3 +131,24 @@ def test_second_auto_fit_runs_the_backbone_zero_times(tiny_data, tmp_path, monke
         "seconds": second.metrics_["decision"]["seconds"]
     }
     assert second.metrics_["val_accuracy"] == first.metrics_["val_accuracy"]
+
+
+def test_a_decision_that_cannot_be_written_is_measured_again_not_a_failure(
+    tiny_data, tmp_path, monkeypatch
+):
+    """The advice store is a cache: a full or read-only folder costs a measurement."""
+    import errno
+
+    import transferkit.advisor.memory as memory
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(memory, "atomic_write_text", full)
+    splits = load_data(tiny_data)
+    bb = create_backbone("test_resnet", weights="none")
+    advice = AdviceStore(tmp_path / "advice")
+    plan, measured = make_plan(bb, splits, FitConfig(), advice=advice)
+    assert measured is not None and plan.decision is not None
+    _, again = make_plan(bb, splits, FitConfig(), advice=advice)
+    assert again is not None  # nothing was remembered, nothing broke

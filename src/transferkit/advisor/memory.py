@@ -9,6 +9,7 @@ label, the classes, the seed, whether the cut may move, and the advisor's thresh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,12 +50,20 @@ class AdviceStore:
             decision = Decision(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             if self.writable:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             return None
-        log.info("reusing the measured decision for this data (%s)", path.name)
+        log.info("reusing the measured decision for this data")
+        log.debug("decision file: %s", path)
         return decision
 
     def put(self, path: Path, decision: Decision) -> None:
-        if self.writable:
+        """Remember ``decision``; a folder that cannot be written (full, read-only) only
+        means it is measured again next time (the feature store warns about the folder)."""
+        if not self.writable:
+            return
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(decision.to_dict()))
+        except OSError as exc:
+            log.debug("decision not remembered: cannot write %s (%s)", path, exc.strerror or exc)
