@@ -21,7 +21,7 @@ from transferkit.features.store import FeatureStore
 SRC = str(Path(store_module.__file__).parents[2])  # the src/ folder under test
 FIT_ARGS = [
     "--backbone", "test_resnet", "--weights", "none", "--strategy", "feature-extract",
-    "--cut", "layer4", "--image-size", str(FAST_FIT["image_size"]), "--epochs", "5",
+    "--cut", "layer4", "--image-size", str(FAST_FIT["image_size"]), "--head-epochs", "5",
     "--lr", str(FAST_FIT["lr"]), "--batch-size", str(FAST_FIT["batch_size"]),
     "--workers", "0", "--json",
 ]  # fmt: skip

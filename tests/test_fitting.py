@@ -270,3 +270,18 @@ def test_a_registered_strategy_is_a_setting_like_the_built_in_ones(tmp_path, dat
     assert ran == ["mine"] and clf.metrics_["strategy"] == "mine"
     with pytest.raises(InputError, match="strategy 'mine' is not one of"):
         _clf(tmp_path, strategy="mine").fit(data)
+
+
+def test_a_setting_the_backbone_forbids_fails_before_the_data_are_scanned(
+    tmp_path, data, monkeypatch
+):
+    import transferkit.fitting as fitting
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the data were scanned before the settings were checked")
+
+    monkeypatch.setattr(fitting, "_load_data", no_scan)
+    clf = _clf(tmp_path, _tiny(), "fine-tune", unfreeze="top:99")
+    with pytest.raises(InputError, match=r"--unfreeze top:99: .* has 4 blocks"):
+        clf.fit(data, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -1,13 +1,16 @@
 """What ``TransferClassifier.fit`` does around :func:`~transferkit.train.train`: the
 environment and the run directory.
 
-In order: join the torchrun processes if there are any and pick the device; on
-``--resume``, take the interrupted fit's settings from its run directory; load and
-check the data (rank 0 first: its verdict cache spares the others the decoding);
-create the backbone (rank 0's weights for everyone); train; turn the result into
-metrics and prediction rows; rank 0 writes the run directory (train.log all along,
-checkpoints each epoch, then model, records and report). Every process returns the
-same model and metrics.
+In order: check the settings; claim the run directory (locked, and refused if it
+holds something this fit may not touch: see run_folder.py); join the torchrun
+processes if there are any and pick the device; on ``--resume``, take the
+interrupted fit's settings from its run directory; create the backbone (rank 0's
+weights for everyone) and check what only it can judge (cut, unfreeze, image size);
+load and check the data (rank 0 first: its verdict cache spares the others the
+decoding), on ``--resume`` against the interrupted fit's; train; turn the result
+into metrics and prediction rows; rank 0 writes the run directory (train.log all
+along, checkpoints each epoch, then model, records, and config.json last, then the
+report). Every process returns the same model and metrics.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .errors import InputError
 from .features import FeatureCache
 from .resuming import data_difference, data_record, resumed_settings
 from .runs import Run
-from .train import TrainResult, train
+from .train import TrainResult, check_settings, train
 from .training import ResumeFromCheckpoint, Runtime
 
 log = logging.getLogger("transferkit")
@@ -110,13 +113,15 @@ def _fit(
     data, config: FitConfig, module, run: Run | None, runtime: Runtime, callbacks, *, resume
 ) -> Fitted:
     collective = runtime.collective
+    torch.manual_seed(config.seed)  # --weights none: the random init follows --seed too
+    backbone = create_backbone(module or config.backbone, weights=config.weights, cut=config.cut)
+    # what only the backbone can judge (cut, unfreeze, image size), before the data scan
+    check_settings(backbone, config, runtime.compute)
+    collective.broadcast_module(backbone)  # rank 0's weights, whatever happened elsewhere
     splits = _load_data(data, config, collective)
     record = data_record(splits)
     if resume:
         _check_same_data(run, record, collective)
-    torch.manual_seed(config.seed)  # --weights none: the random init follows --seed too
-    backbone = create_backbone(module or config.backbone, weights=config.weights, cut=config.cut)
-    collective.broadcast_module(backbone)  # rank 0's weights, whatever happened elsewhere
     if run is not None:
         run.start(config.to_dict(), record)
     _log_start(config, splits, backbone, runtime)
