@@ -78,8 +78,9 @@ def describe(path: Path, state: str) -> str:
             return "a finished run"
     if state == INTERRUPTED:
         return "an interrupted fit"
-    first = sorted(e.name for e in path.iterdir() if e.name != LOCK)[:3]
-    return f"files that are not a transferkit run ({', '.join(first)}, ...)"
+    names = sorted(e.name for e in path.iterdir() if e.name != LOCK)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"files that are not a transferkit run ({shown})"
 
 
 class FolderLock:
@@ -176,12 +177,12 @@ class Claim:
         if state == INTERRUPTED and not (self.resume or self.overwrite):
             raise InputError(
                 f"--out {where!r} holds an interrupted fit: add --resume to continue it, "
-                "or --overwrite to start over"
+                "or --overwrite to start over (from Python: resume=True, overwrite=True)"
             )
         if state == FINISHED and not self.overwrite:
             raise InputError(
-                f"--out {where!r} holds {what}: add --overwrite to replace it, "
-                "or choose another --out"
+                f"--out {where!r} holds {what}: add --overwrite (from Python: "
+                "overwrite=True) to replace it, or choose another --out"
             )
 
     def begin(self) -> list[str]:
