@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from transferkit.choices import head_epochs_field
 from transferkit.cli import _FIT_FLAGS, _HEAD_FLAGS, _command_parser, _shown_default, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +80,7 @@ def _fit_default(dest: str):
     if dest in _HEAD_FLAGS:
         return getattr(cfg.head, dest)
     # None: a flag ahead of the FitConfig in use (class_weight, from the settings branch)
-    return getattr(cfg, head_epochs_field() if dest == "head_epochs" else dest, None)
+    return getattr(cfg, dest, None)
 
 
 def _defaults_of(flag: str) -> list:

@@ -13,31 +13,25 @@ import torch
 
 from helpers import FAST_FIT, TinyNet
 from transferkit import InputError
-from transferkit.choices import head_epochs_field
 from transferkit.config import FitConfig
 from transferkit.estimator import TransferClassifier
 from transferkit.heads import HeadConfig
 from transferkit.training import EpochEndHook
 
-FAST = {("head_epochs" if k == "epochs" else k): v for k, v in FAST_FIT.items()}
+FAST = FAST_FIT
 
 
 def test_every_setting_is_an_explicit_keyword_with_fitconfigs_default():
-    """One keyword per FitConfig field (the head phase's epochs as ``head_epochs``),
-    with its default, plus ``verbose``, which is about showing the fit, not the fit."""
+    """One keyword per FitConfig field, with its default, plus ``verbose``, which is
+    about showing the fit, not the fit."""
     params = dict(inspect.signature(TransferClassifier.__init__).parameters)
     fields = {f.name for f in dataclasses.fields(FitConfig)}
-    field_of = {name: head_epochs_field() if name == "head_epochs" else name for name in params}
-    # class_weight: ahead of the FitConfig that has it (settings branch)
-    assert {n for n in params if field_of[n] not in fields} == {"self", "verbose"} | (
-        {"class_weight"} - fields
-    )
-    assert fields <= set(field_of.values())
+    assert set(params) - fields == {"self", "verbose"} and fields <= set(params)
     defaults = FitConfig()
     for name, p in params.items():
-        if name in ("self", "head", "verbose") or field_of[name] not in fields:
+        if name in ("self", "head", "verbose"):
             continue
-        assert p.default == getattr(defaults, field_of[name]), name
+        assert p.default == getattr(defaults, name), name
     assert params["verbose"].default is True and params["class_weight"].default is None
     assert params["head"].default is None and defaults.head == HeadConfig()
     assert "fine_tune_lr" in (TransferClassifier.__init__.__doc__ or "") + (
@@ -77,7 +71,7 @@ def test_a_misspelt_setting_names_the_close_ones():
 def test_epochs_still_works_as_the_old_name_of_head_epochs():
     with pytest.warns(FutureWarning, match="epochs= is now head_epochs="):
         clf = TransferClassifier(epochs=3)
-    assert clf.head_epochs == 3 and getattr(clf.to_config(), head_epochs_field()) == 3
+    assert clf.head_epochs == 3 and clf.to_config().head_epochs == 3
     with pytest.warns(FutureWarning):
         assert clf.set_params(epochs=4).head_epochs == 4
 

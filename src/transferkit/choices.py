@@ -60,9 +60,3 @@ def fit_defaults() -> dict:
         **_literal_defaults("config.py", "FitConfig"),
         **_literal_defaults("heads.py", "HeadConfig"),
     }
-
-
-def head_epochs_field() -> str:
-    """The ``FitConfig`` field of the head phase's epoch ceiling: ``head_epochs``
-    (``epochs`` in configs written before the rename). The one place that knows both."""
-    return "head_epochs" if "head_epochs" in fit_defaults() else "epochs"

@@ -30,7 +30,6 @@ from .choices import (
     PREDICT_FORMATS,
     STRATEGIES,
     fit_defaults,
-    head_epochs_field,
 )
 from .errors import TransferkitError
 
@@ -226,7 +225,7 @@ def _add_fit_option(p, flags: tuple[str, ...], **options) -> None:
     """A fit flag whose value is None when not given (so a --config file's value
     stands), its help ending in FitConfig's default."""
     dest = options.get("dest") or flags[0].lstrip("-").replace("-", "_")
-    default = fit_defaults().get(head_epochs_field() if dest == "head_epochs" else dest)
+    default = fit_defaults().get(dest)
     shown = _shown_default(default)
     if shown is not None and "(default" not in options["help"]:
         options["help"] += f" (default {shown})"
@@ -252,7 +251,7 @@ class _AmbiguousEpochs(argparse.Action):
         d = fit_defaults()
         parser.error(
             f"{option_string} is ambiguous: use --head-epochs N (max epochs of the head on "
-            f"cached features, default {d[head_epochs_field()]}) or --fine-tune-epochs N "
+            f"cached features, default {d['head_epochs']}) or --fine-tune-epochs N "
             f"(max epochs of fine-tuning, default {d['fine_tune_epochs']})"
         )
 
@@ -292,8 +291,6 @@ def fit_config_from_args(args: argparse.Namespace):
     from .errors import InputError
 
     overrides = {k: getattr(args, k) for k in _FIT_FLAGS if getattr(args, k) is not None}
-    if "head_epochs" in overrides:
-        overrides[head_epochs_field()] = overrides.pop("head_epochs")
     base = FitConfig.from_file(args.config) if args.config else FitConfig()
     known = {f.name for f in dataclasses.fields(FitConfig)}
     for name in overrides.keys() - known:  # a flag ahead of the FitConfig in use

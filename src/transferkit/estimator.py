@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .choices import head_epochs_field
 from .config import FitConfig
 from .errors import InputError, close_matches
 from .heads import HeadConfig
@@ -185,7 +184,6 @@ class TransferClassifier(metaclass=_Settings):
         """An estimator with ``config``'s settings (``backbone``: a model object that
         replaces ``config.backbone``)."""
         params = {f.name: getattr(config, f.name) for f in dataclasses.fields(FitConfig)}
-        params["head_epochs"] = params.pop(head_epochs_field())
         if backbone is not None:
             params["backbone"] = backbone
         return cls(**params)
@@ -205,7 +203,6 @@ class TransferClassifier(metaclass=_Settings):
         params = self.get_params()
         for name in _NOT_FIT_SETTINGS:
             params.pop(name)
-        params[head_epochs_field()] = params.pop("head_epochs")
         fields = {f.name for f in dataclasses.fields(FitConfig)}
         defaults = inspect.signature(type(self).__init__).parameters
         for name in sorted(params.keys() - fields):
