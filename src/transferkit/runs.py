@@ -272,7 +272,8 @@ class Run:
         if self._log is not None:
             self._log.open()
         if removed:
-            log.info("--overwrite: removed the previous run's %s", ", ".join(removed))
+            log.info("--overwrite: removed the previous run in %s", self.path)
+            log.debug("removed: %s", ", ".join(removed))
         folder = self.path / CHECKPOINT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         record = {"format": 2, "settings": settings, "data": data}
