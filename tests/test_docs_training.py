@@ -19,7 +19,10 @@ def _block_after(heading: str) -> str:
 
 def _tiny(code: str, data: Path, cache: Path) -> str:
     """The page's code on a tiny random-weight backbone, tiny images and few epochs."""
-    small = f'weights="none", image_size=16, head_epochs=5, cache_dir={str(cache)!r}'
+    small = (
+        f'weights="none", image_size=16, head_epochs=5, cache_dir={str(cache)!r}, '
+        'selection="holdout"'  # tiny data would otherwise choose the head without epochs
+    )
     for page, test in {
         '"data/fm"': repr(str(data)),
         '"efficientnet_lite0", image_size=96': f'"test_resnet", {small}, fine_tune_epochs=2',

@@ -188,7 +188,12 @@ def test_fit_leaves_the_garbage_collector_as_it_found_it(tmp_path, data):
 
     seen = []
     clf = TransferClassifier(
-        "test_resnet", "feature-extract", weights="none", **FAST, cache_dir=str(tmp_path)
+        "test_resnet",
+        "feature-extract",
+        weights="none",
+        **FAST,
+        cache_dir=str(tmp_path),
+        selection="holdout",  # epochs, for the hook to see
     )
     # once per phase: get_freeze_count() walks every frozen object (~40 ms here)
     hook = [EpochEndHook(lambda phase, epoch: epoch == 1 and seen.append(gc.get_freeze_count()))]
@@ -235,7 +240,8 @@ def _log_of_a_fit(data, tmp_path, **settings) -> str:
     code = (
         "import sys; from transferkit import TransferClassifier; "
         f"TransferClassifier('test_resnet', 'feature-extract', weights='none', cut='layer1', "
-        f"cache_dir=sys.argv[3], **{{**{FAST!r}, **{settings!r}}}).fit(sys.argv[2])"
+        f"cache_dir=sys.argv[3], selection='holdout', "
+        f"**{{**{FAST!r}, **{settings!r}}}).fit(sys.argv[2])"
     )
     env = {**os.environ, "TRANSFERKIT_PROGRESS": "0"}
     return subprocess.run(

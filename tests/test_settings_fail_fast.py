@@ -185,7 +185,8 @@ def test_one_image_per_class_trains_with_no_validation_and_warns_up_front(tmp_pa
     names = [f"c{i:02d}" for i in range(12)]
     root = make_image_folder(tmp_path / "data", classes=names, per_class=1, size=16)
     caplog.set_level(logging.INFO, logger="transferkit")
-    fitted = _fit(root, tmp_path, image_size=16, **(SMALL | {"head_epochs": 12}))
+    settings = SMALL | {"head_epochs": 12, "selection": "holdout"}  # the epoch-trained head
+    fitted = _fit(root, tmp_path, image_size=16, **settings)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     no_val = [w for w in warnings if "validation" in w]
     assert no_val == [

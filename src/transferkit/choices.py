@@ -20,6 +20,7 @@ DEVICES = ("cpu", "cuda", "auto")  # config.DEVICES
 PRECISIONS = ("auto", "fp32", "bf16")  # compute.PRECISIONS
 BN_POLICIES = ("frozen", "train")  # freezing.BN_POLICIES
 POOLINGS = ("avg", "max", "flatten")  # heads.POOLINGS
+SELECTIONS = ("auto", "cv", "holdout")  # FitConfig.selection: how the head is chosen
 CLASS_WEIGHTS = ("balanced",)  # FitConfig.class_weight: None (every image counts once)
 PREDICT_FORMATS = ("table", "json", "csv")  # reports.text.PREDICT_FORMATS
 EXPORT_FORMATS, EXPORT_OPSET = ("onnx", "torchscript"), 17  # export.FORMATS, DEFAULT_OPSET

@@ -28,6 +28,7 @@ from .choices import (
     POOLINGS,
     PRECISIONS,
     PREDICT_FORMATS,
+    SELECTIONS,
     STRATEGIES,
     fit_defaults,
 )
@@ -192,6 +193,14 @@ _FIT_OPTIONS: tuple[tuple[tuple[str, ...], dict], ...] = (
     (("--dropout",), {"type": float, "help": "head dropout"}),
     (("--val-split",), {"type": float, "help": "validation fraction when there is no val/"}),
     (
+        ("--selection",),
+        {
+            "choices": SELECTIONS,
+            "help": "how the head is chosen: cv (k-fold cross-validation on every label), "
+            "holdout (the validation split), auto (cv when the data are small)",
+        },
+    ),
+    (
         ("--class-weight",),
         {
             "choices": CLASS_WEIGHTS,
@@ -273,6 +282,7 @@ _FIT_FLAGS = (
     "image_size",
     "val_split",
     "class_weight",
+    "selection",
     "seed",
     "device",
     "precision",

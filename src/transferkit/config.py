@@ -11,6 +11,7 @@ import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .choices import SELECTIONS
 from .compute import PRECISIONS
 from .errors import InputError, close_matches
 from .freezing import BN_POLICIES
@@ -59,6 +60,9 @@ class FitConfig:
     weight_decay: float = 1e-4
     # "balanced": each class's loss weighted n_samples / (n_classes * its count)
     class_weight: str | None = None
+    # how the head phase chooses its model: "auto" (k-fold cross-validation on every
+    # label when the data are small, else the held-out validation split), "cv", "holdout"
+    selection: str = "auto"
     schedule: str = "cosine"
     workers: int | None = None
     cache_dir: str | None = None
@@ -71,6 +75,7 @@ class FitConfig:
             ("--bn", self.bn, BN_POLICIES),
             ("--device", self.device, DEVICES),
             ("--precision", self.precision, PRECISIONS),
+            ("--selection", self.selection, SELECTIONS),
         ):
             if value not in allowed:
                 raise InputError(f"{option} {value!r} is not one of {', '.join(allowed)}")

@@ -107,6 +107,9 @@ class TransferClassifier(metaclass=_Settings):
             augment, label_smoothing, weight_decay, schedule: the fine-tuning phase.
         class_weight: ``"balanced"`` weighs each class by 1/its image count; ``None``
             counts every image once.
+        selection: how the head is chosen: ``"cv"`` (k-fold cross-validation on every
+            label, then refitted on all), ``"holdout"`` (the validation split),
+            ``"auto"`` (``cv`` when the data are small).
         workers: data loader processes; cache_dir: the feature cache folder.
         verbose: show progress and log lines on stderr while fitting (when the
             program has not configured logging itself); ``False`` is silent.
@@ -142,6 +145,7 @@ class TransferClassifier(metaclass=_Settings):
         weight_decay: float = 1e-4,
         schedule: str = "cosine",
         class_weight: str | None = None,
+        selection: str = "auto",
         workers: int | None = None,
         cache_dir: str | None = None,
         verbose: bool = True,

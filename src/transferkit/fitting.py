@@ -209,6 +209,8 @@ def _metrics(result: TrainResult, splits) -> dict:
         metrics[f"{split}_loss"] = ev.loss
     if result.plan.decision is not None:
         metrics["decision"] = result.plan.decision.to_dict()
+    if result.selection is not None:
+        metrics["selection"] = result.selection
     return metrics
 
 

@@ -63,6 +63,7 @@ class TrainResult:
     frozen_base: bool
     evaluations: dict = field(default_factory=dict)
     feature_cache: dict = field(default_factory=dict)
+    selection: dict | None = None
 
 
 def train(
@@ -110,6 +111,7 @@ def train(
         frozen_base=result.frozen_base,
         evaluations=_evaluate_splits(inputs, result),
         feature_cache=cache_stats,
+        selection=result.selection,
     )
 
 
@@ -219,7 +221,8 @@ def _evaluate_splits(inputs: TrainingInputs, result) -> dict:
     if not inputs.runtime.collective.is_main:
         return {}
     return {
-        split: evaluate_split(inputs, result, getattr(inputs.splits, split), split)
+        split: result.evaluations.get(split)
+        or evaluate_split(inputs, result, getattr(inputs.splits, split), split)
         for split in ("val", "test")
         if getattr(inputs.splits, split)
     }

@@ -57,11 +57,15 @@ class StrategyResult:
     """The trained model and how each phase went.
 
     ``frozen_base``: the base stayed frozen, so the final model's predictions on the
-    splits can come from cached features."""
+    splits can come from cached features. ``selection``: how the model was chosen
+    by cross-validation, when it was. ``evaluations``: a split's evaluation the
+    strategy made itself (out-of-fold, for validation images it trained on)."""
 
     model: TransferModel
     phases: list[PhaseResult] = field(default_factory=list)
     frozen_base: bool = True
+    selection: dict | None = None
+    evaluations: dict = field(default_factory=dict)
 
 
 def image_dataset(inputs: TrainingInputs, examples, *, train: bool):

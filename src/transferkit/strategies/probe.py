@@ -1,0 +1,161 @@
+"""The head on small data: every label used, the model chosen by cross-validation.
+
+With a few images per class, holding a fifth out as validation wastes labels and
+leaves too few images to choose by. Here, when the data are small (median under
+``SMALL_PER_CLASS`` training images per class) and the head is linear, the training
+and the validation images our split held out are pooled; candidates (the penalty
+grid of a logistic-regression head, and nearest class mean for the smallest sets)
+are compared by stratified k-fold cross-validation on the pool; the best is refitted
+on all of it (see :mod:`transferkit.probe_head`).
+
+The validation images were then trained on, so what the run reports for them comes
+from the cross-validation: each one's probabilities from the fold model that did not
+see it. A validation folder of the user's own stays held out: the selection then
+cross-validates the training images alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+import torch
+
+from .. import probe_head
+from ..advisor.decide import SMALL_PER_CLASS
+from ..freezing import freeze, set_bn_policy
+from ..heads import create_head
+from ..training import Evaluation, PhaseResult, stateful
+from .base import TrainingInputs, cached_features, labels_of
+
+log = logging.getLogger("transferkit")
+
+
+def applies(inputs: TrainingInputs) -> bool:
+    """``selection="cv"``, or ``"auto"`` on small data; for a linear head on pooled
+    features, without label smoothing, in one process (under torchrun the head
+    trains on the held-out split as on larger data)."""
+    cfg, splits = inputs.config, inputs.splits
+    if cfg.selection == "holdout" or not splits.train:
+        return False
+    if cfg.head.hidden or cfg.head.pooling == "flatten" or cfg.label_smoothing:
+        return False
+    if inputs.runtime.collective.active:
+        return False
+    if cfg.selection == "cv":
+        return True
+    per_class = torch.bincount(labels_of(splits.train), minlength=len(splits.classes))
+    return statistics.median(per_class.tolist()) < SMALL_PER_CLASS
+
+
+def pools_validation(inputs: TrainingInputs) -> bool:
+    """Whether the validation images are ours to train on (a split we made)."""
+    return bool(inputs.splits.val) and inputs.splits.split.get("source") == "stratified"
+
+
+def fit_selected_head(inputs: TrainingInputs):
+    """The selected head, its phase record, the selection, and (when validation was
+    pooled) the validation split's out-of-fold evaluation."""
+    cfg = inputs.config
+    freeze(inputs.backbone)
+    set_bn_policy(inputs.backbone, "frozen")
+    pooled = pools_validation(inputs)
+    examples = list(inputs.splits.train) + (list(inputs.splits.val) if pooled else [])
+    x = torch.cat(
+        [cached_features(inputs, inputs.splits.train, "train")]
+        + ([cached_features(inputs, inputs.splits.val, "val")] if pooled else [])
+    )
+    y = labels_of(examples)
+    torch.manual_seed(cfg.seed)
+    head = create_head(inputs.backbone.feature_shape, inputs.num_classes, cfg.head)
+    started = time.perf_counter()
+    selection = probe_head.select(
+        x, y, inputs.num_classes, seed=cfg.seed, sample_weight=_sample_weight(inputs, y)
+    )
+    model = probe_head.fit_candidate(
+        selection.chosen, x, y, inputs.num_classes, _sample_weight(inputs, y)
+    )
+    probe_head.load_into(head, model)
+    head = head.to(inputs.device).eval()
+    phase = _phase_record(selection, time.perf_counter() - started)
+    _record_history(inputs, phase, head, x, y)
+    _log_selection(selection, len(y), pooled)
+    val = _oof_evaluation(inputs, selection, len(inputs.splits.train)) if pooled else None
+    return head, phase, selection, val
+
+
+def _sample_weight(inputs: TrainingInputs, y: torch.Tensor):
+    if inputs.config.class_weight != "balanced":
+        return None
+    from ..heads import balanced_class_weights
+
+    return balanced_class_weights(y, inputs.num_classes).double()[y]
+
+
+def _phase_record(selection: probe_head.Selection, seconds: float) -> PhaseResult:
+    chosen = selection.chosen
+    return PhaseResult(
+        name="head",
+        epochs_run=1,
+        best_epoch=1,
+        best_val_loss=chosen.log_loss,
+        best_val_accuracy=chosen.accuracy,
+        seconds=seconds,
+        stopped=f"fitted to convergence ({chosen.name}, chosen by cross-validation)",
+        converged=True,
+    )
+
+
+def _record_history(inputs, phase: PhaseResult, head, x, y) -> None:
+    """One row: the refitted head on every image it saw, and the cross-validated
+    scores in the validation columns."""
+    history = stateful(inputs.callbacks).get("history")
+    if history is None:
+        return
+    with torch.no_grad():
+        logits = head(x.to(inputs.device))
+        loss = float(head.loss(logits, y.to(inputs.device)))
+        acc = float((head.probabilities(logits).argmax(1).cpu() == y).float().mean())
+    history.rows.append(
+        {
+            "phase": "head",
+            "epoch": 1,
+            "phase_epoch": 1,
+            "train_loss": loss,
+            "train_acc": acc,
+            "val_loss": phase.best_val_loss,
+            "val_acc": phase.best_val_accuracy,
+            "lr": None,
+            "seconds": phase.seconds,
+        }
+    )
+
+
+def _oof_evaluation(inputs, selection, n_train: int) -> Evaluation | None:
+    if selection.oof_probabilities is None:
+        return None
+    probs = selection.oof_probabilities[n_train:]
+    labels = labels_of(inputs.splits.val)
+    loss = float(-probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean())
+    accuracy = float((probs.argmax(1) == labels).float().mean())
+    return Evaluation(loss, accuracy, probs, labels)
+
+
+def _log_selection(selection: probe_head.Selection, n: int, pooled: bool) -> None:
+    chosen = selection.chosen
+    pool = "training and validation images" if pooled else "training images"
+    if not selection.folds:
+        log.info("head: %s on %d %s (too few images to cross-validate)", chosen.name, n, pool)
+        return
+    log.info(
+        "head: %s, chosen by %d-fold cross-validation on %d %s "
+        "(accuracy %.3f +/- %.3f of %d candidates), refitted on all of them",
+        chosen.name,
+        selection.folds,
+        n,
+        pool,
+        chosen.accuracy,
+        chosen.accuracy_std,
+        len(selection.candidates),
+    )
