@@ -227,6 +227,9 @@ def _sections(
     parts = [("training", "Training", training)]
     if c.decision is not None:
         parts.append(("strategy", "Strategy decision", s.decision_section(c.decision)))
+    if (c.record or {}).get("selection"):
+        selection = s.selection_section(c.record["selection"])
+        parts.append(("selection", "Model selection", selection))
     if c.metrics is not None:
         body = s.evaluation_section(
             c.metrics, figures.get("confusion.png"), figures.get("per_class.png")

@@ -276,6 +276,46 @@ def decision_section(decision: Mapping) -> str:
     return "\n".join(parts)
 
 
+def selection_section(selection: Mapping) -> str:
+    """How cross-validation chose the head: every candidate's score, the kept one first."""
+    chosen = selection.get("chosen")
+    folds = selection.get("folds") or 0
+    pooled = selection.get("validation_pooled")
+    images = selection.get("images")
+    which = "training and validation" if pooled else "training"
+    how = (
+        f"The head was chosen by {folds}-fold stratified cross-validation on the "
+        f"{images} {which} images, then refitted on all of them. "
+        + (
+            "Each validation image's prediction comes from the fold model that did not "
+            "see it: the validation accuracy reported is of those predictions."
+            if pooled
+            else "The validation images were held out from all of it."
+        )
+        if folds
+        else "Too few images to cross-validate (a class has one image): the default "
+        "penalty was fitted on every image."
+    )
+    rows = sorted(
+        selection.get("candidates", []),
+        key=lambda c: (c.get("candidate") != chosen, -(c.get("cv_accuracy") or 0)),
+    )
+    body = "".join(_selection_row(c, c.get("candidate") == chosen) for c in rows)
+    table = (
+        '<table class="selection"><thead><tr><th>candidate</th>'
+        "<th>cross-validated accuracy (&plusmn; std over folds)</th><th>log-loss</th>"
+        f"</tr></thead><tbody>{body}</tbody></table>"
+    )
+    return f'<p class="callout info">{esc(how)}</p>' + (table if folds else "")
+
+
+def _selection_row(c: Mapping, kept: bool) -> str:
+    name = esc(c.get("candidate")) + (" (kept)" if kept else "")
+    score = f"{_pct(c.get('cv_accuracy'))} &plusmn; {_pct(c.get('cv_accuracy_std'))}"
+    attr = ' class="chosen"' if kept else ""
+    return f"<tr{attr}><td>{name}</td><td>{score}</td><td>{_num(c.get('cv_log_loss'))}</td></tr>"
+
+
 def timings_section(timings: Mapping) -> str:
     """Wall-clock times (values in seconds) in human units."""
     cells = {k: _duration(v) if _is_number(v) else value_html(v) for k, v in timings.items()}

@@ -15,7 +15,7 @@ def run(inputs: TrainingInputs) -> StrategyResult:
     if probe.applies(inputs):
         head, phase, selection, val = probe.fit_selected_head(inputs)
         result = StrategyResult(TransferModel(inputs.backbone, head), [phase], frozen_base=True)
-        result.selection = selection.to_dict()
+        result.selection = selection
         if val is not None:
             result.evaluations["val"] = val
         return result

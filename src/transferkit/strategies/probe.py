@@ -55,8 +55,8 @@ def pools_validation(inputs: TrainingInputs) -> bool:
 
 
 def fit_selected_head(inputs: TrainingInputs):
-    """The selected head, its phase record, the selection, and (when validation was
-    pooled) the validation split's out-of-fold evaluation."""
+    """The selected head, its phase record, the selection (for metrics.json), and
+    (when validation was pooled) the validation split's out-of-fold evaluation."""
     cfg = inputs.config
     freeze(inputs.backbone)
     set_bn_policy(inputs.backbone, "frozen")
@@ -82,7 +82,8 @@ def fit_selected_head(inputs: TrainingInputs):
     _record_history(inputs, phase, head, x, y)
     _log_selection(selection, len(y), pooled)
     val = _oof_evaluation(inputs, selection, len(inputs.splits.train)) if pooled else None
-    return head, phase, selection, val
+    record = {**selection.to_dict(), "images": len(y), "validation_pooled": pooled}
+    return head, phase, record, val
 
 
 def _sample_weight(inputs: TrainingInputs, y: torch.Tensor):
