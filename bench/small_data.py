@@ -14,7 +14,9 @@ three things are measured, one after the other in one process:
      with every other setting at its default (strategy auto, efficientnet_lite0 with
      its built-in weights), a fresh feature cache and a fresh TRANSFERKIT_CACHE_DIR:
      test accuracy, the strategy, cut and image size it chose, and the wall seconds
-     of the whole fit (measure, choose, train, evaluate, save the run folder).
+     of the whole fit (measure, choose, train, evaluate, save the run folder), with
+     its CPU seconds and the 1-minute load average around it (wall time on a shared
+     machine grows with the load; CPU time much less).
   2. lr per cut: the fit's backbone, uncut, at the image size the fit chose and with
      transferkit's eval preprocessing (``advisor.measure.eval_loader``), gives globally
      average-pooled features at every cut point in one pass (``features.collect_features``)
@@ -43,8 +45,10 @@ Quick smoke run: ``--datasets digits --seeds 0``.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -76,20 +80,32 @@ def say(*parts) -> None:
 
 
 # ------------------------------------------------------------------------- fit
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (loader workers): less
+    sensitive than wall time to other jobs on a shared machine."""
+    gc.collect()  # finalise dropped loaders, so their workers exit and are counted
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_fit(data_dir: Path, work: Path, seed: int) -> tuple[dict, object]:
     """transferkit's default fit, cold: fresh feature cache and cache root."""
     os.environ["TRANSFERKIT_CACHE_DIR"] = str(work / "tk-cache")
     from transferkit.estimator import TransferClassifier
 
-    t0 = time.perf_counter()
+    load_start, cpu_start, t0 = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
     clf = TransferClassifier(seed=seed, cache_dir=str(work / "tk-features"))
     clf.fit(data_dir, run_dir=work / "tk-run")
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu_start
     m = clf.metrics_
     fit = {
         "test_accuracy": m["test_accuracy"],
         "val_accuracy": m.get("val_accuracy"),
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
         "strategy": m.get("strategy"),
         "cut": m.get("cut", clf.config_.cut),
         "image_size": clf.config_.image_size,
@@ -252,6 +268,7 @@ def means(runs: list[dict]) -> dict:
         "fit_stdev": statistics.stdev(fit_acc) if len(fit_acc) > 1 else 0.0,
         "fit_seconds_mean": statistics.fmean(r["fit"]["seconds"] for r in runs),
         "fit_seconds_max": max(r["fit"]["seconds"] for r in runs),
+        "fit_cpu_seconds_mean": statistics.fmean(r["fit"]["cpu_seconds"] for r in runs),
     }
     for key in BASELINES:
         values = [baseline_accuracy(r, key) for r in runs]
