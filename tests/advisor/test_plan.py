@@ -152,3 +152,32 @@ def test_a_decision_that_cannot_be_written_is_measured_again_not_a_failure(
     assert measured is not None and plan.decision is not None
     _, again = make_plan(bb, splits, FitConfig(), advice=advice)
     assert again is not None  # nothing was remembered, nothing broke
+
+
+def test_on_small_data_the_cut_is_chosen_by_the_cross_validated_head_too():
+    """Among the probe's best cuts, the one whose cross-validated head (penalty
+    chosen too) does best is kept, and the reason says so."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from transferkit.advisor.decide import Decision
+    from transferkit.advisor.plan import _cut_by_selection
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 6)
+    good = rng.normal(size=(18, 8)) + np.eye(3, 8)[y] * 4
+    noise = rng.normal(size=(18, 8))
+    m = SimpleNamespace(
+        examples=[SimpleNamespace(label=int(v)) for v in y],
+        features={"low": good.astype("float32"), "top": noise.astype("float32")},
+    )
+    probe = {"top": {"linear_probe_accuracy": 0.9}, "low": {"linear_probe_accuracy": 0.8}}
+    decision = Decision(
+        "feature-extract", "top", None, 32, "small.", size={"small": True}, scores=probe
+    )
+    splits = SimpleNamespace(classes=["a", "b", "c"])
+    refined = _cut_by_selection(m, decision, splits, seed=0)
+    assert refined.cut == "low" and "did best of the probe's top cuts" in refined.reason
+    large = Decision("feature-extract", "top", None, 32, ".", size={"small": False}, scores=probe)
+    assert _cut_by_selection(m, large, splits, seed=0) is large

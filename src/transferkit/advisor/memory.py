@@ -30,8 +30,11 @@ class AdviceStore:
         self.root = Path(root)
         self.writable = writable
 
-    def path(self, backbone, splits, *, image_size, seed, allow_recut) -> Path:
+    def path(self, backbone, splits, *, image_size, seed, allow_recut, **more) -> Path:
+        """Where the decision for these inputs is kept (``more``: anything else the
+        decision depends on)."""
         key = {
+            **more,
             "model": model_key(backbone, backbone.data_config, image_size, "advice"),
             "train": sorted(e.digest + ":" + str(e.label) for e in splits.train),
             "classes": list(splits.classes),

@@ -95,6 +95,7 @@ def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
             image_size=config.image_size,
             seed=config.seed,
             allow_recut=allow_recut,
+            cut_by_selection=config.selection != "holdout" and CUTS_COMPARED,
         )
         remembered = advice.get(path)
         if remembered is not None:
@@ -108,9 +109,46 @@ def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
         compute=compute,
         allow_recut=allow_recut,
     )
+    if allow_recut and config.selection != "holdout":
+        decision = _cut_by_selection(m, decision, splits, config.seed)
     if advice is not None:
         advice.put(path, decision)
     return m, decision
+
+
+CUTS_COMPARED = 3
+
+
+def _cut_by_selection(m, decision: Decision, splits, seed: int) -> Decision:
+    """On small data the head is chosen by cross-validation over a penalty grid
+    (``strategies/probe.py``); the cut is chosen the same way among the probe's best
+    few, on the measured features, instead of by the probe's one fixed penalty."""
+    if decision.strategy != "feature-extract" or not decision.size.get("small"):
+        return decision
+    import torch
+
+    from .. import probe_head
+
+    probe = {c: s["linear_probe_accuracy"] for c, s in decision.scores.items()}
+    cuts = sorted(probe, key=probe.get, reverse=True)[:CUTS_COMPARED]
+    cuts += [] if decision.cut in cuts else [decision.cut]
+    y = torch.tensor([e.label for e in m.examples])
+    n = len(splits.classes)
+    if int(torch.bincount(y, minlength=n)[torch.bincount(y, minlength=n) > 0].min()) < 2:
+        return decision
+    scored = {}
+    for cut in cuts:
+        chosen = probe_head.select(torch.from_numpy(m.features[cut]), y, n, seed=seed).chosen
+        scored[cut] = (chosen.accuracy, -chosen.log_loss)
+    best = max(cuts, key=lambda c: (scored[c], c == decision.cut))
+    if best == decision.cut:
+        return decision
+    why = (
+        f" With the penalty cross-validated too, {best} did best of the probe's top cuts "
+        f"({scored[best][0]:.3f} against {scored[decision.cut][0]:.3f} at {decision.cut}), "
+        f"so the head is trained at {best}."
+    )
+    return dataclasses.replace(decision, cut=best, reason=decision.reason + why)
 
 
 def _own_size_if_fixed(backbone, config):
