@@ -32,20 +32,25 @@ from .base import TrainingInputs, cached_features, labels_of
 log = logging.getLogger("transferkit")
 
 
-def applies(inputs: TrainingInputs) -> bool:
-    """``selection="cv"``, or ``"auto"`` on small data; for a linear head on pooled
-    features, without label smoothing, in one process (under torchrun the head
-    trains on the held-out split as on larger data)."""
-    cfg, splits = inputs.config, inputs.splits
-    if cfg.selection == "holdout" or not splits.train:
+def fits_linear_head(inputs: TrainingInputs) -> bool:
+    """A linear head on pooled features, no label smoothing, one process, and not
+    ``selection="holdout"``: what the cross-validated fit can replace."""
+    cfg = inputs.config
+    if cfg.selection == "holdout" or not inputs.splits.train:
         return False
     if cfg.head.hidden or cfg.head.pooling == "flatten" or cfg.label_smoothing:
         return False
-    if inputs.runtime.collective.active:
+    return not inputs.runtime.collective.active
+
+
+def applies(inputs: TrainingInputs) -> bool:
+    """Phase 1 of ``feature-extract`` fits this way: with ``selection="cv"``, or
+    ``"auto"`` on small data, when :func:`fits_linear_head`."""
+    if not fits_linear_head(inputs):
         return False
-    if cfg.selection == "cv":
+    if inputs.config.selection == "cv":
         return True
-    per_class = torch.bincount(labels_of(splits.train), minlength=len(splits.classes))
+    per_class = torch.bincount(labels_of(inputs.splits.train), minlength=inputs.num_classes)
     return statistics.median(per_class.tolist()) < SMALL_PER_CLASS
 
 
@@ -54,13 +59,13 @@ def pools_validation(inputs: TrainingInputs) -> bool:
     return bool(inputs.splits.val) and inputs.splits.split.get("source") == "stratified"
 
 
-def fit_selected_head(inputs: TrainingInputs):
+def fit_selected_head(inputs: TrainingInputs, *, pool: bool = True):
     """The selected head, its phase record, the selection (for metrics.json), and
     (when validation was pooled) the validation split's out-of-fold evaluation."""
     cfg = inputs.config
     freeze(inputs.backbone)
     set_bn_policy(inputs.backbone, "frozen")
-    pooled = pools_validation(inputs)
+    pooled = pool and pools_validation(inputs)
     examples = list(inputs.splits.train) + (list(inputs.splits.val) if pooled else [])
     x = torch.cat(
         [cached_features(inputs, inputs.splits.train, "train")]
