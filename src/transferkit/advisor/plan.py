@@ -14,6 +14,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from .decide import Decision, decide_from, for_feature_extraction
 from .measure import Measurement, measure_splits, suggest_image_size, why_not_measurable
 from .memory import AdviceStore
@@ -110,7 +112,13 @@ def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
         allow_recut=allow_recut,
     )
     if allow_recut and config.selection != "holdout":
-        decision = _cut_by_selection(m, decision, splits, config.seed)
+        decision = _cut_by_selection(
+            m,
+            decision,
+            splits,
+            config.seed,
+            validation=lambda: _with_validation(backbone, m, splits, compute),
+        )
     if advice is not None:
         advice.put(path, decision)
     return m, decision
@@ -119,13 +127,34 @@ def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
 CUTS_COMPARED = 3
 
 
-def _cut_by_selection(m, decision: Decision, splits, seed: int) -> Decision:
+def _with_validation(backbone, m: Measurement, splits, compute) -> Measurement:
+    """The measured training features, and the validation images' at every cut when
+    the head will train on them too (a split we made, small data): the cut is then
+    chosen on the same labelled images as the head."""
+    from ..features import collect_features
+    from .measure import eval_loader
+
+    if not splits.val or splits.split.get("source") != "stratified":
+        return m
+    if len(m.examples) < len(splits.train):  # sampled: not small data
+        return m
+    device = compute.device.type if compute is not None else "cpu"
+    loader = eval_loader(backbone, splits.val, m.image_size, device=device)
+    cuts = list(m.features)
+    val = collect_features(backbone, loader, cuts=cuts, representation="avg", compute=compute)
+    features = {c: np.concatenate([m.features[c], val[c]]) for c in cuts}
+    return dataclasses.replace(m, examples=[*m.examples, *splits.val], features=features)
+
+
+def _cut_by_selection(m, decision: Decision, splits, seed: int, validation=None) -> Decision:
     """On small data the head is chosen by cross-validation over a penalty grid
     (``strategies/probe.py``); the cut is chosen the same way among the probe's best
     few, on the measured features, instead of by the probe's one fixed penalty."""
     if decision.strategy != "feature-extract" or not decision.size.get("small"):
         return decision
     import torch
+
+    m = validation() if validation is not None else m
 
     from .. import probe_head
 
