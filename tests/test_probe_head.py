@@ -119,18 +119,3 @@ def test_a_validation_folder_of_the_users_own_stays_held_out(tmp_path):
     val = fitted.result.evaluations["val"]
     assert len(val.labels) == 6 and fitted.metrics["n_val"] == 6
     assert val.probabilities.shape == (6, 3)
-
-
-def test_fine_tuning_starts_from_the_cross_validated_head_with_validation_held_out(
-    tmp_path, data
-):
-    """LP-FT: phase 1 is the selected linear head, fitted on the training images
-    alone, so the validation images still judge the head against fine-tuning."""
-    fitted = _fit(tmp_path, data, strategy="fine-tune")
-    head, tuned = fitted.result.phases
-    assert "chosen by cross-validation" in head.stopped and tuned.name == "fine-tune"
-    selection = fitted.metrics["selection"]
-    assert selection["validation_pooled"] is False
-    assert selection["images"] == fitted.metrics["n_train"]
-    plain = _fit(tmp_path, data, strategy="fine-tune", selection="holdout")
-    assert plain.result.phases[0].epochs_run > 1 and "selection" not in plain.metrics
