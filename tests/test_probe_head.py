@@ -98,6 +98,7 @@ def test_small_data_pool_train_and_validation_and_report_the_selection(tmp_path,
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Model selection" in page and f"{selection['chosen']} (kept)" in page
     assert "5-fold stratified cross-validation on the 18 training and validation" in page
+    assert "One step, no epochs." in page and "Overfitting check." not in page
 
 
 def test_holdout_selection_keeps_the_epoch_trained_head(tmp_path, data):

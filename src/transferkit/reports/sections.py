@@ -124,6 +124,8 @@ def training_section(
     overfitting, and each phase's epochs and time (metrics.json's when recorded)."""
     if not history:
         return "<p>No training history was recorded for this run.</p>"
+    if (record or {}).get("selection") and len(history) == 1:
+        return _one_step_note(record)
     level = {True: "warn", False: "ok"}.get(gap.get("overfitting"), "info")
     if level == "ok" and gap.get("n_val") and gap["n_val"] < SMALL_SPLIT:
         level = "info"
@@ -143,6 +145,20 @@ def training_section(
     notes.append("Phases — " + "; ".join(_phase_notes(history, record)) + ".")
     parts.append(f'<p class="note" id="phase-times">{" ".join(notes)}</p>')
     return "\n".join(parts)
+
+
+def _one_step_note(record: Mapping) -> str:
+    """A head fitted in one step (chosen by cross-validation): no epochs to plot."""
+    selection = record["selection"]
+    seconds = sum(p.get("seconds") or 0 for p in record.get("phases", []))
+    return (
+        '<p class="callout info" id="overfitting"><strong>One step, no epochs.</strong> '
+        f"The head ({esc(selection.get('chosen'))}) was fitted to convergence in one step, "
+        f"in {esc(_duration(seconds))}, and chosen by cross-validation: see "
+        '<a href="#selection">Model selection</a> for how every candidate scored on '
+        "images it did not see. There are no training curves to watch for "
+        "overfitting; the cross-validated accuracy is the check.</p>"
+    )
 
 
 def _phase_notes(history: Sequence[Mapping], record: Mapping | None) -> list[str]:
