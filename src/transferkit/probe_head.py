@@ -255,8 +255,13 @@ def _cross_validate(candidates, x, y, num_classes, splits, sample_weight) -> dic
         p = probs[cand.name]
         cand.accuracy = float((p.argmax(1) == y).double().mean())
         cand.accuracy_std = float(np.std(per_fold[cand.name]))
-        cand.log_loss = float(-p[torch.arange(len(y)), y].clamp_min(1e-12).log().mean())
+        cand.log_loss = log_loss(p, y)
     return probs
+
+
+def log_loss(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean negative log-probability of the true classes."""
+    return float(-probs[torch.arange(len(y)), y].clamp_min(1e-12).log().mean())
 
 
 def load_into(head, model: LinearClassifier) -> None:

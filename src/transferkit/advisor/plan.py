@@ -163,7 +163,8 @@ def _cut_by_selection(m, decision: Decision, splits, seed: int, validation=None)
     cuts += [] if decision.cut in cuts else [decision.cut]
     y = torch.tensor([e.label for e in m.examples])
     n = len(splits.classes)
-    if int(torch.bincount(y, minlength=n)[torch.bincount(y, minlength=n) > 0].min()) < 2:
+    counts = torch.bincount(y, minlength=n)
+    if int(counts[counts > 0].min()) < 2:
         return decision
     scored = {}
     for cut in cuts:

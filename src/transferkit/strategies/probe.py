@@ -59,13 +59,13 @@ def pools_validation(inputs: TrainingInputs) -> bool:
     return bool(inputs.splits.val) and inputs.splits.split.get("source") == "stratified"
 
 
-def fit_selected_head(inputs: TrainingInputs, *, pool: bool = True):
+def fit_selected_head(inputs: TrainingInputs):
     """The selected head, its phase record, the selection (for metrics.json), and
     (when validation was pooled) the validation split's out-of-fold evaluation."""
     cfg = inputs.config
     freeze(inputs.backbone)
     set_bn_policy(inputs.backbone, "frozen")
-    pooled = pool and pools_validation(inputs)
+    pooled = pools_validation(inputs)
     examples = list(inputs.splits.train) + (list(inputs.splits.val) if pooled else [])
     x = torch.cat(
         [cached_features(inputs, inputs.splits.train, "train")]
@@ -75,12 +75,9 @@ def fit_selected_head(inputs: TrainingInputs, *, pool: bool = True):
     torch.manual_seed(cfg.seed)
     head = create_head(inputs.backbone.feature_shape, inputs.num_classes, cfg.head)
     started = time.perf_counter()
-    selection = probe_head.select(
-        x, y, inputs.num_classes, seed=cfg.seed, sample_weight=_sample_weight(inputs, y)
-    )
-    model = probe_head.fit_candidate(
-        selection.chosen, x, y, inputs.num_classes, _sample_weight(inputs, y)
-    )
+    weights = _sample_weight(inputs, y)
+    selection = probe_head.select(x, y, inputs.num_classes, seed=cfg.seed, sample_weight=weights)
+    model = probe_head.fit_candidate(selection.chosen, x, y, inputs.num_classes, weights)
     probe_head.load_into(head, model)
     head = head.to(inputs.device).eval()
     phase = _phase_record(selection, time.perf_counter() - started)
@@ -143,7 +140,7 @@ def _oof_evaluation(inputs, selection, n_train: int) -> Evaluation | None:
         return None
     probs = selection.oof_probabilities[n_train:]
     labels = labels_of(inputs.splits.val)
-    loss = float(-probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean())
+    loss = probe_head.log_loss(probs, labels)
     accuracy = float((probs.argmax(1) == labels).float().mean())
     return Evaluation(loss, accuracy, probs, labels)
 
