@@ -157,12 +157,21 @@ def test_predictions_are_those_of_transferkit_predict_on_the_saved_run(data, tmp
     assert clf.predict(files) == [p.label for p in via_cli.predictions]
 
 
-def test_fit_with_a_callback_sees_every_epoch(data, tmp_path):
+@pytest.mark.parametrize("selection", ["holdout", "auto"])
+def test_fit_with_a_callback_sees_every_epoch(data, tmp_path, selection):
+    """The head trained by epochs shows them; the head fitted in one step by
+    cross-validation (the default before fine-tuning) has none to show."""
     seen = []
     TransferClassifier(
-        "test_resnet", "fine-tune", weights="none", cut="layer2", cache_dir=str(tmp_path), **FAST
+        "test_resnet",
+        "fine-tune",
+        weights="none",
+        cut="layer2",
+        cache_dir=str(tmp_path),
+        **{**FAST, "selection": selection},
     ).fit(data, callbacks=[EpochEndHook(lambda phase, epoch: seen.append((phase, epoch)))])
-    assert seen[0] == ("head", 1) and seen[-1] == ("fine-tune", 2)
+    first = ("head", 1) if selection == "holdout" else ("fine-tune", 1)
+    assert seen[0] == first and seen[-1] == ("fine-tune", 2)
 
 
 def test_saved_run_reloads_to_bit_identical_predictions(tmp_path, data):

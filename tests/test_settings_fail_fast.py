@@ -204,6 +204,7 @@ def test_without_validation_both_phases_run_every_epoch_and_keep_the_last(tmp_pa
     the run folder (checkpoints of the kept weights included) is written."""
     root = make_image_folder(tmp_path / "data", per_class=1, size=16)
     settings = SMALL | {"head_epochs": 4, "fine_tune_epochs": 2, "patience": 1}
+    settings["selection"] = "holdout"  # the head trained by epochs
     fitted = _fit(
         root, tmp_path, run_dir=tmp_path / "run", strategy="fine-tune", image_size=16, **settings
     )

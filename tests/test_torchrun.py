@@ -8,8 +8,12 @@ same global batches and start from the same weights, so they differ only in the 
 of floating-point sums: one process averages the loss over 8 images; two average 4
 each and DDP averages their gradients. Adam divides by the gradients' running RMS,
 which turns those last-bit differences into relative weight changes of about 1e-7 per
-step; measured after 6 steps: 2.5e-6 at most. ``WEIGHT_TOL = 1e-4`` leaves room for
-other CPUs and thread counts; accuracy must be equal.
+step; measured after 6 steps: 2.5e-6 at most. The linear head before fine-tuning is
+fitted to convergence (L-BFGS) on features the two runs extract in other batch
+compositions (equal to about 1e-6), so it agrees to the solver's tolerance relative to
+its weights' scale (on this separable toy data about 70): measured 4e-5 of it. Weights
+are compared relative to each tensor's largest value (at least 1); ``WEIGHT_TOL =
+1e-4`` leaves room for other CPUs and thread counts; accuracy must be equal.
 """
 
 from __future__ import annotations
@@ -213,6 +217,14 @@ def torchrun_job(tmp_path_factory):
     return paths
 
 
+def _relative_difference(a: dict, b: dict) -> float:
+    """The largest weight difference, each tensor's relative to its scale (>= 1)."""
+    return max(
+        float((a[k].double() - b[k].double()).abs().max()) / max(1.0, float(a[k].abs().max()))
+        for k in a
+    )
+
+
 @pytest.mark.slow
 def test_two_process_gloo_fine_tune_matches_one_process_and_only_rank0_writes(
     torchrun_job, tmp_path
@@ -233,8 +245,9 @@ def test_two_process_gloo_fine_tune_matches_one_process_and_only_rank0_writes(
     assert any(p.parent.parent == cache for p in paths)  # a feature shard
     assert any(p.parent == home / "scan" for p in paths)  # the data scan's verdicts
 
-    # extraction was shared: each process ran the backbone on its own half
-    assert ranks[0]["extracted"] == ranks[1]["extracted"] == 15
+    # extraction was shared: each process ran the backbone on its own half of the 24
+    # training images (the head is fitted on them; validation judges the model)
+    assert ranks[0]["extracted"] == ranks[1]["extracted"] == 12
 
     # both processes end with the same model and metrics
     w0, w1 = (
@@ -256,11 +269,11 @@ def test_two_process_gloo_fine_tune_matches_one_process_and_only_rank0_writes(
     assert m1["val_accuracy"] == m2["val_accuracy"]
     assert abs(m1["val_loss"] - m2["val_loss"]) <= LOSS_TOL
     a, b = load_file(str(single / "model.safetensors")), load_file(str(run / "model.safetensors"))
-    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    worst = _relative_difference(a, b)
     assert worst <= WEIGHT_TOL, worst
     # the sharded extraction stored every image's own features (rows match digests)
     f1, f2 = _cache_rows(cache1), _cache_rows(cache)
-    assert f1.keys() == f2.keys() and len(f1) == 30
+    assert f1.keys() == f2.keys() and len(f1) == 24
     assert max(float(np.abs(f1[d] - f2[d]).max()) for d in f1) <= 1e-5
 
 
@@ -282,7 +295,7 @@ def test_run_interrupted_in_one_process_resumes_under_torchrun(torchrun_job, tmp
     params = {**RESUME_PARAMS, "head": HeadConfig(dropout=0.0), "cache_dir": str(tmp_path / "c")}
     TransferClassifier("test_resnet", "fine-tune", **params).fit(job["data"], run_dir=whole)
     a, b = load_file(str(run / "model.safetensors")), load_file(str(whole / "model.safetensors"))
-    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) <= WEIGHT_TOL
+    assert _relative_difference(a, b) <= WEIGHT_TOL
     got = json.loads((run / "metrics.json").read_text())
     want = json.loads((whole / "metrics.json").read_text())
     assert got["phases"][1]["epochs_run"] == want["phases"][1]["epochs_run"] == 3

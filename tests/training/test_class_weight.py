@@ -67,7 +67,8 @@ def test_balanced_weights_raise_the_minority_classs_recall(n_classes):
 
 
 def test_both_phases_train_with_the_balanced_weights(tmp_path, monkeypatch):
-    """The head phase and fine-tuning each get the training labels' weights."""
+    """The head phase (trained by epochs) and fine-tuning each get the training
+    labels' weights."""
     from transferkit import FitConfig, create_backbone, train
     from transferkit.data import load_data
     from transferkit.strategies import fine_tune, head
@@ -89,6 +90,7 @@ def test_both_phases_train_with_the_balanced_weights(tmp_path, monkeypatch):
     config = FitConfig(
         strategy="fine-tune",
         class_weight="balanced",
+        selection="holdout",
         image_size=16,
         head_epochs=2,
         fine_tune_epochs=1,
@@ -104,3 +106,38 @@ def test_both_phases_train_with_the_balanced_weights(tmp_path, monkeypatch):
     assert [name for name, _ in seen] == ["head", "fine-tune"]
     for _, weights in seen:
         assert torch.allclose(weights, expected)
+
+
+def test_the_cross_validated_head_weighs_each_image_by_its_class(tmp_path, monkeypatch):
+    """The head fine-tuning starts from (chosen by cross-validation) is selected and
+    fitted with each training image weighted by its class's balanced weight."""
+    from transferkit import FitConfig, create_backbone, probe_head, train
+    from transferkit.data import load_data
+
+    root = tmp_path / "data"
+    make_image_folder(root, classes=("red", "green"), per_class=12, size=16)
+    for f in sorted((root / "green").iterdir())[3:]:
+        f.unlink()
+    splits = load_data(root, val_split=0.2, seed=0)
+    seen = []
+    real = probe_head.select
+
+    def spy(x, y, num_classes, **kwargs):
+        seen.append((y.clone(), kwargs["sample_weight"]))
+        return real(x, y, num_classes, **kwargs)
+
+    monkeypatch.setattr(probe_head, "select", spy)
+    config = FitConfig(
+        strategy="fine-tune",
+        class_weight="balanced",
+        image_size=16,
+        fine_tune_epochs=1,
+        batch_size=8,
+        workers=0,
+        cache_dir=str(tmp_path / "cache"),
+    ).validate()
+    result = train(create_backbone("test_resnet", weights="none"), splits, config)
+    assert result.phases[0].epochs_run == 1 and "cross-validation" in result.phases[0].stopped
+    (y, weights), = seen
+    counts = torch.bincount(y, minlength=2).double()
+    assert torch.allclose(weights, (len(y) / (2 * counts))[y])

@@ -13,11 +13,12 @@ from .head import train_head
 
 def run(inputs: TrainingInputs) -> StrategyResult:
     if probe.applies(inputs):
-        head, phase, selection, val = probe.fit_selected_head(inputs)
-        result = StrategyResult(TransferModel(inputs.backbone, head), [phase], frozen_base=True)
-        result.selection = selection
-        if val is not None:
-            result.evaluations["val"] = val
+        chosen = probe.fit_selected_head(inputs)
+        model = TransferModel(inputs.backbone, chosen.head)
+        result = StrategyResult(model, [chosen.phase], frozen_base=True)
+        result.selection = chosen.selection
+        if chosen.val is not None:
+            result.evaluations["val"] = chosen.val
         return result
     head, phase = train_head(inputs)
     return StrategyResult(TransferModel(inputs.backbone, head), [phase], frozen_base=True)

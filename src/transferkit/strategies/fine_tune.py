@@ -20,6 +20,7 @@ from torch import nn
 from ..freezing import create_optimizer, freeze, set_bn_policy, unfreeze
 from ..heads import ClassifierHead, TransferModel
 from ..training import EarlyStopping, PhaseConfig, PhaseData, PhaseResult, fit_phase
+from . import probe
 from .base import (
     StrategyResult,
     TrainingInputs,
@@ -36,9 +37,14 @@ log = logging.getLogger("transferkit")
 
 
 def run(inputs: TrainingInputs) -> StrategyResult:
-    head, phase1 = train_head(inputs)
+    selection = None
+    if probe.fits_linear_head(inputs):  # LP-FT: from the cross-validated linear head
+        chosen = probe.fit_selected_head(inputs, pool=False)
+        head, phase1, selection = chosen.head, chosen.phase, chosen.selection
+    else:
+        head, phase1 = train_head(inputs)
     model, phase2 = fine_tune(inputs, head)
-    return StrategyResult(model, [phase1, phase2], frozen_base=False)
+    return StrategyResult(model, [phase1, phase2], frozen_base=False, selection=selection)
 
 
 def fine_tune(inputs: TrainingInputs, head: ClassifierHead) -> tuple[TransferModel, PhaseResult]:

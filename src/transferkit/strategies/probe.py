@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .. import probe_head
 from ..advisor.decide import SMALL_PER_CLASS
 from ..freezing import freeze, set_bn_policy
-from ..heads import create_head
+from ..heads import ClassifierHead, create_head
 from ..training import Evaluation, PhaseResult, stateful
 from .base import TrainingInputs, cached_features, labels_of
 
@@ -33,14 +34,12 @@ log = logging.getLogger("transferkit")
 
 
 def fits_linear_head(inputs: TrainingInputs) -> bool:
-    """A linear head on pooled features, no label smoothing, one process, and not
+    """A linear head on pooled features, no label smoothing, and not
     ``selection="holdout"``: what the cross-validated fit can replace."""
     cfg = inputs.config
     if cfg.selection == "holdout" or not inputs.splits.train:
         return False
-    if cfg.head.hidden or cfg.head.pooling == "flatten" or cfg.label_smoothing:
-        return False
-    return not inputs.runtime.collective.active
+    return not (cfg.head.hidden or cfg.head.pooling == "flatten" or cfg.label_smoothing)
 
 
 def applies(inputs: TrainingInputs) -> bool:
@@ -59,24 +58,50 @@ def pools_validation(inputs: TrainingInputs) -> bool:
     return bool(inputs.splits.val) and inputs.splits.split.get("source") == "stratified"
 
 
-def fit_selected_head(inputs: TrainingInputs):
-    """The selected head, its phase record, the selection (for metrics.json), and
-    (when validation was pooled) the validation split's out-of-fold evaluation."""
-    cfg = inputs.config
+@dataclass
+class SelectedHead:
+    """What :func:`fit_selected_head` returns: the head, its phase record, the
+    selection (for metrics.json), and (when validation was pooled) the validation
+    split's out-of-fold evaluation."""
+
+    head: ClassifierHead
+    phase: PhaseResult
+    selection: dict
+    val: Evaluation | None = None
+
+
+def fit_selected_head(inputs: TrainingInputs, *, pool: bool = True) -> SelectedHead:
+    """The head chosen by cross-validation and refitted on every image it may see:
+    training plus (``pool`` and a split we made) validation images.
+
+    Under torchrun every process shares the feature extraction; rank 0 alone selects
+    and fits (seconds, on features) and hands the result to the others, so each
+    process holds the same head, as one process would."""
+    cfg, collective = inputs.config, inputs.runtime.collective
     freeze(inputs.backbone)
     set_bn_policy(inputs.backbone, "frozen")
-    pooled = pools_validation(inputs)
-    examples = list(inputs.splits.train) + (list(inputs.splits.val) if pooled else [])
-    x = torch.cat(
-        [cached_features(inputs, inputs.splits.train, "train")]
-        + ([cached_features(inputs, inputs.splits.val, "val")] if pooled else [])
-    )
-    y = labels_of(examples)
+    pooled = pool and pools_validation(inputs)
+    parts = [cached_features(inputs, inputs.splits.train, "train")]
+    if pooled:
+        parts.append(cached_features(inputs, inputs.splits.val, "val"))
     torch.manual_seed(cfg.seed)
     head = create_head(inputs.backbone.feature_shape, inputs.num_classes, cfg.head)
+    result = None
+    if collective.is_main:  # the others wait: a head on features takes seconds
+        result = _select_and_fit(inputs, head, torch.cat(parts), pooled)
+    if collective.active:
+        result = _share(inputs, head, result)
+    return result
+
+
+def _select_and_fit(inputs: TrainingInputs, head, x: torch.Tensor, pooled: bool) -> SelectedHead:
+    examples = list(inputs.splits.train) + (list(inputs.splits.val) if pooled else [])
+    y = labels_of(examples)
     started = time.perf_counter()
     weights = _sample_weight(inputs, y)
-    selection = probe_head.select(x, y, inputs.num_classes, seed=cfg.seed, sample_weight=weights)
+    selection = probe_head.select(
+        x, y, inputs.num_classes, seed=inputs.config.seed, sample_weight=weights
+    )
     model = probe_head.fit_candidate(selection.chosen, x, y, inputs.num_classes, weights)
     probe_head.load_into(head, model)
     head = head.to(inputs.device).eval()
@@ -85,7 +110,34 @@ def fit_selected_head(inputs: TrainingInputs):
     _log_selection(selection, len(y), pooled)
     val = _oof_evaluation(inputs, selection, len(inputs.splits.train)) if pooled else None
     record = {**selection.to_dict(), "images": len(y), "validation_pooled": pooled}
-    return head, phase, record, val
+    return SelectedHead(head, phase, record, val)
+
+
+def _share(inputs: TrainingInputs, head, mine: SelectedHead | None) -> SelectedHead:
+    """Rank 0's head, phase, history row, selection and validation evaluation, in
+    every process."""
+    c = inputs.runtime.collective
+    tensors = None
+    if c.is_main:
+        tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
+        if mine.val is not None:
+            tensors["val.probabilities"] = mine.val.probabilities
+    tensors = c.broadcast_tensors(tensors)
+    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    head = head.to(inputs.device).eval()
+    history = stateful(inputs.callbacks).get("history")
+    rows = history.rows if history is not None else []
+    doc = None
+    if c.is_main:
+        doc = {"phase": mine.phase.to_dict(), "selection": mine.selection, "history": rows}
+    doc = c.broadcast_json(doc)
+    if history is not None:
+        history.rows[:] = doc["history"]
+    val = None
+    if "val.probabilities" in tensors:
+        probs, labels = tensors["val.probabilities"], labels_of(inputs.splits.val)
+        val = _evaluation(probs, labels)
+    return SelectedHead(head, PhaseResult(**doc["phase"]), doc["selection"], val)
 
 
 def _sample_weight(inputs: TrainingInputs, y: torch.Tensor):
@@ -138,8 +190,10 @@ def _record_history(inputs, phase: PhaseResult, head, x, y) -> None:
 def _oof_evaluation(inputs, selection, n_train: int) -> Evaluation | None:
     if selection.oof_probabilities is None:
         return None
-    probs = selection.oof_probabilities[n_train:]
-    labels = labels_of(inputs.splits.val)
+    return _evaluation(selection.oof_probabilities[n_train:], labels_of(inputs.splits.val))
+
+
+def _evaluation(probs: torch.Tensor, labels: torch.Tensor) -> Evaluation:
     loss = probe_head.log_loss(probs, labels)
     accuracy = float((probs.argmax(1) == labels).float().mean())
     return Evaluation(loss, accuracy, probs, labels)

@@ -81,7 +81,7 @@ def test_fine_tune_top_block_of_a_keras_file(tmp_path, data, keras_files, bn, mo
         unfreeze="top:1",
         bn=bn,
         cache_dir=str(tmp_path / "cache"),
-        **{**FAST, "fine_tune_epochs": 1},
+        **{**FAST, "fine_tune_epochs": 1, "selection": "holdout"},  # a head epoch to watch
     )
     seen = {}
 
