@@ -138,6 +138,6 @@ def test_the_cross_validated_head_weighs_each_image_by_its_class(tmp_path, monke
     ).validate()
     result = train(create_backbone("test_resnet", weights="none"), splits, config)
     assert result.phases[0].epochs_run == 1 and "cross-validation" in result.phases[0].stopped
-    (y, weights), = seen
+    ((y, weights),) = seen
     counts = torch.bincount(y, minlength=2).double()
     assert torch.allclose(weights, (len(y) / (2 * counts))[y])
