@@ -190,7 +190,8 @@ def test_run_directory_contents(tmp_path, data):
     assert {"strategy", "backbone", "val_accuracy", "phases", "seconds_total"} <= set(m)
     assert {"epochs_run", "best_epoch", "seconds"} <= set(m["phases"][0])
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["classes"] == ["blue", "green", "red"] and cfg["backbone"]["cut"] == "layer4"
+    assert cfg["classes"] == ["blue", "green", "red"]
+    assert cfg["backbone"]["cut"] == m["decision"]["cut"]  # the cut the advisor chose
     assert not (run / "checkpoint").exists()
     assert "head" in (run / "train.log").read_text()
 

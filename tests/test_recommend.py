@@ -29,6 +29,10 @@ def test_recommend_json_advises_feature_extraction_for_five_images_per_class(tin
         assert {"logme", "knn_accuracy", "linear_probe_accuracy"} <= set(s)
     assert d["similarity"]["bn_overall"] is not None
     assert d["image_size"] == 64  # 16 px images: no point in 160 px inputs
+    # as fit does on small data: candidate features compared by cross-validation
+    cuts = [r["cut"] for r in d["candidates"]]
+    assert d["cut"] in cuts and any("+" in c for c in cuts)
+    assert "compared by cross-validation" in d["reason"]
 
 
 def test_recommend_table_output(tiny_data, capsys):
@@ -36,6 +40,7 @@ def test_recommend_table_output(tiny_data, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Advice:" in out and "Why:" in out and "layer4" in out
+    assert "Features compared by cross-validation" in out and "CV accuracy" in out
 
 
 def _checkpoint(arch, folder):

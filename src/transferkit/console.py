@@ -75,6 +75,8 @@ def print_decision(d: dict) -> None:
         )
     console.print(table)
     console.print(f"BN-statistics similarity overall: {_fmt(sim['bn_overall'])}")
+    if d.get("candidates"):
+        console.print(candidates_table(d["candidates"], d["cut"]))
     unfreeze = f", unfreeze {d['unfreeze']}" if d["unfreeze"] else ""
     console.print(
         f"[bold]Advice: {d['strategy']} at cut {d['cut']}{unfreeze}, "
@@ -82,6 +84,27 @@ def print_decision(d: dict) -> None:
     )
     console.print(f"Why: {d['reason']}")
     console.print(f"(measured in {d['seconds']:.1f}s)")
+
+
+def candidates_table(rows: list[dict], kept: str) -> Table:
+    """The features compared by cross-validation (small data), the kept one marked."""
+    table = Table(title="Features compared by cross-validation (* kept)")
+    for col in ("features at", "size", "best head", "CV accuracy", "+/- std", "log-loss"):
+        table.add_column(col, justify="left" if col in ("features at", "best head") else "right")
+    for r in rows:
+        mark = " *" if r["cut"] == kept else ""
+        if "skipped" in r:
+            table.add_row(r["cut"], str(r["features"]), r["skipped"], "-", "-", "-")
+            continue
+        table.add_row(
+            r["cut"] + mark,
+            str(r["features"]),
+            r["head"],
+            _fmt(r["cv_accuracy"]),
+            _fmt(r["cv_accuracy_std"]),
+            _fmt(r["cv_log_loss"]),
+        )
+    return table
 
 
 def print_ranking(r: dict) -> None:

@@ -101,18 +101,28 @@ def test_fit_auto_records_decision_and_reuses_the_measuring_pass(larger_data, tm
     assert m["feature_cache"]["extracted"] <= m["n_val"] + m["n_test"]
 
 
-def test_feature_extract_without_cut_measures_the_cut(tiny_data, tmp_path):
+@pytest.mark.parametrize("selection", ["holdout", "auto"])
+def test_feature_extract_without_cut_measures_the_cut(tiny_data, tmp_path, selection):
+    """By the probe's best cut; on small data (unless ``holdout``) by the candidate
+    features' cross-validated heads, the table of them in metrics.json."""
     clf = TransferClassifier(
         "test_resnet",
         "feature-extract",
         weights="none",
         image_size=16,
         cache_dir=str(tmp_path / "c"),
-        **FAST,
+        **{**FAST, "selection": selection},
     ).fit(tiny_data)
     d = clf.metrics_["decision"]
-    assert clf.metrics_["cut"] == d["best_cut"] == d["cut"]
-    assert "the cut is measured" in d["reason"]
+    assert clf.metrics_["cut"] == d["cut"]
+    if selection == "holdout":
+        assert d["cut"] == d["best_cut"] and "the cut is measured" in d["reason"]
+        assert d["candidates"] == []
+        return
+    best = max(r["cv_accuracy"] for r in d["candidates"])
+    kept = next(r for r in d["candidates"] if r["cut"] == d["cut"])
+    assert kept["cv_accuracy"] == best and "compared by cross-validation" in d["reason"]
+    assert any("+" in r["cut"] for r in d["candidates"])  # joined cuts were candidates
 
 
 def test_second_auto_fit_runs_the_backbone_zero_times(tiny_data, tmp_path, monkeypatch):
@@ -154,30 +164,91 @@ def test_a_decision_that_cannot_be_written_is_measured_again_not_a_failure(
     assert again is not None  # nothing was remembered, nothing broke
 
 
-def test_on_small_data_the_cut_is_chosen_by_the_cross_validated_head_too():
-    """Among the probe's best cuts, the one whose cross-validated head (penalty
-    chosen too) does best is kept, and the reason says so."""
+def _small_decision(cut="top", small=True, **probe):
+    from transferkit.advisor.decide import Decision
+
+    scores = {c: {"linear_probe_accuracy": v} for c, v in probe.items()}
+    return Decision(
+        "feature-extract", cut, None, 32, "small.", size={"small": small}, scores=scores
+    )
+
+
+def _measured(**features):
     from types import SimpleNamespace
 
     import numpy as np
 
-    from transferkit.advisor.decide import Decision
-    from transferkit.advisor.plan import _cut_by_selection
+    y = np.repeat(np.arange(3), 8)
+    return SimpleNamespace(
+        examples=[SimpleNamespace(label=int(v)) for v in y],
+        features={k: f(y).astype("float32") for k, f in features.items()},
+    )
+
+
+def test_on_small_data_the_cut_is_chosen_by_the_cross_validated_head_too():
+    """Among the probe's best cuts, the one whose cross-validated head (penalty
+    chosen too) does best is kept, the reason says so, and every candidate is in the
+    decision's table."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from transferkit.advisor.plan import compare_features_by_cv
 
     rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), 6)
-    good = rng.normal(size=(18, 8)) + np.eye(3, 8)[y] * 4
-    noise = rng.normal(size=(18, 8))
-    m = SimpleNamespace(
-        examples=[SimpleNamespace(label=int(v)) for v in y],
-        features={"low": good.astype("float32"), "top": noise.astype("float32")},
+    m = _measured(
+        low=lambda y: rng.normal(size=(len(y), 8)) + np.eye(3, 8)[y] * 4,
+        top=lambda y: rng.normal(size=(len(y), 8)),
     )
-    probe = {"top": {"linear_probe_accuracy": 0.9}, "low": {"linear_probe_accuracy": 0.8}}
-    decision = Decision(
-        "feature-extract", "top", None, 32, "small.", size={"small": True}, scores=probe
-    )
+    decision = _small_decision(top=0.9, low=0.8)
     splits = SimpleNamespace(classes=["a", "b", "c"])
-    refined = _cut_by_selection(m, decision, splits, seed=0)
-    assert refined.cut == "low" and "did best of the probe's top cuts" in refined.reason
-    large = Decision("feature-extract", "top", None, 32, ".", size={"small": False}, scores=probe)
-    assert _cut_by_selection(m, large, splits, seed=0) is large
+    refined = compare_features_by_cv(m, decision, splits, seed=0)
+    assert refined.cut == "low" and "low did best" in refined.reason
+    assert [r["cut"] for r in refined.candidates] == ["top", "low"]
+    assert all(0 <= r["cv_accuracy"] <= 1 and r["features"] == 8 for r in refined.candidates)
+    large = _small_decision(small=False, top=0.9, low=0.8)
+    assert compare_features_by_cv(m, large, splits, seed=0) is large
+
+
+def test_two_cuts_that_each_see_half_the_classes_are_joined():
+    """Layer a separates class 0 from the rest, layer b class 1: alone each is
+    weak, side by side they separate all three, and the joined cut is kept."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from transferkit.advisor.plan import compare_features_by_cv
+
+    rng = np.random.default_rng(1)
+    m = _measured(
+        a=lambda y: rng.normal(size=(len(y), 4)) * 0.3 + (y == 0)[:, None] * 3,
+        b=lambda y: rng.normal(size=(len(y), 4)) * 0.3 + (y == 1)[:, None] * 3,
+    )
+    decision = _small_decision("b", a=0.6, b=0.6)
+    refined = compare_features_by_cv(
+        m, decision, SimpleNamespace(classes=["x", "y", "z"]), seed=0, joinable=True
+    )
+    table = {r["cut"]: r for r in refined.candidates}
+    assert list(table) == ["b", "a", "a+b"]  # the decision's own, the probe's, joined
+    assert refined.cut == "a+b" and table["a+b"]["features"] == 8
+    assert table["a+b"]["cv_accuracy"] > max(table["a"]["cv_accuracy"], table["b"]["cv_accuracy"])
+
+
+def test_candidates_past_the_time_budget_are_listed_as_not_compared(monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from transferkit.advisor import plan
+
+    monkeypatch.setattr(plan, "COMPARISON_BUDGET_S", 0.0)
+    rng = np.random.default_rng(2)
+    m = _measured(
+        a=lambda y: rng.normal(size=(len(y), 4)), b=lambda y: rng.normal(size=(len(y), 4))
+    )
+    refined = plan.compare_features_by_cv(
+        m, _small_decision("b", a=0.6, b=0.7), SimpleNamespace(classes=list("xyz")), 0
+    )
+    first, *rest = refined.candidates
+    assert first["cut"] == "b" and "cv_accuracy" in first and refined.cut == "b"
+    assert rest and all(r["skipped"].startswith("not compared") for r in rest)

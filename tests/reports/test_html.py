@@ -82,3 +82,32 @@ def test_write_report_failure_keeps_the_old_report(tmp_path, monkeypatch):
 def test_write_report_rejects_unknown_sections(tmp_path):
     with pytest.raises(TypeError, match="colour"):
         write_report(tmp_path / "r.html", title="t", colour="red")
+
+
+def test_the_decision_shows_the_compared_features_as_a_table_the_kept_first():
+    from transferkit.reports.sections import decision_section
+
+    rows = [
+        {
+            "cut": "b",
+            "features": 4,
+            "head": "logistic regression, C=1",
+            "cv_accuracy": 0.7,
+            "cv_accuracy_std": 0.05,
+            "cv_log_loss": 0.8,
+        },
+        {
+            "cut": "a+b",
+            "features": 8,
+            "head": "logistic regression, C=0.1",
+            "cv_accuracy": 0.9,
+            "cv_accuracy_std": 0.02,
+            "cv_log_loss": 0.3,
+        },
+        {"cut": "a", "features": 4, "skipped": "not compared: the 30 s budget was spent"},
+    ]
+    html = decision_section({"strategy": "feature-extract", "cut": "a+b", "candidates": rows})
+    table = html[html.index('<table class="candidates">') :]
+    assert table.index("a+b (kept)") < table.index("<td>b</td>")
+    assert "90.0% &plusmn; 2.0%" in table and "not compared: the 30 s budget" in table
+    assert "candidates" not in html[: html.index('<table class="candidates">')]

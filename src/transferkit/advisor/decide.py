@@ -33,6 +33,9 @@ class Decision:
     scores: dict = field(default_factory=dict)  # cut -> TransferScores.to_dict()
     best_cut: str = ""
     seconds: float = 0.0
+    # features compared by cross-validation on small data (each cut, joined cuts):
+    # {"cut", "features", "head", "cv_accuracy", "cv_accuracy_std", "cv_log_loss"}
+    candidates: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,6 +178,8 @@ def for_feature_extraction(d: Decision, default_size: int, image_size_given: boo
     lower layers transfer better."""
     import dataclasses
 
+    if d.candidates:  # compared by cross-validation already (small data)
+        return dataclasses.replace(d, strategy="feature-extract", unfreeze=None)
     probe = d.scores[d.best_cut]["linear_probe_accuracy"]
     reason = (
         f"feature extraction was asked for; the cut is measured: {d.best_cut} has the "

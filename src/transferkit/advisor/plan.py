@@ -80,15 +80,53 @@ def measured_decision(
     return m, decision
 
 
-def decide(backbone, splits, **kwargs) -> Decision:
-    """Measure and decide, with no memory (``recommend``); keyword arguments as
-    :func:`measured_decision`'s."""
-    return measured_decision(backbone, splits, **kwargs)[1]
+def decide(
+    backbone,
+    splits,
+    *,
+    image_size: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    compute=None,
+    allow_recut: bool = True,
+    compare_features: bool = True,
+) -> Decision:
+    """Measure and decide as a fit would, with no memory (``recommend``).
+
+    ``compare_features`` (small data, the cut not given): the candidate features are
+    compared by cross-validation (:func:`compare_features_by_cv`), as ``fit`` does
+    unless ``selection="holdout"``."""
+    return _decided(
+        backbone, splits, image_size, seed, workers, compute, allow_recut, compare_features
+    )[1]
+
+
+def _decided(backbone, splits, image_size, seed, workers, compute, allow_recut, compare):
+    m, decision = measured_decision(
+        backbone,
+        splits,
+        image_size=image_size,
+        seed=seed,
+        workers=workers,
+        compute=compute,
+        allow_recut=allow_recut,
+    )
+    if allow_recut and compare:
+        decision = compare_features_by_cv(
+            m,
+            decision,
+            splits,
+            seed,
+            joinable=getattr(backbone, "joinable_cuts", False),
+            validation=lambda: _with_validation(backbone, m, splits, compute),
+        )
+    return m, decision
 
 
 def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
     """Measure and decide, or reuse the decision remembered for the same inputs (then
     the measurement is ``None``: its features were cached by the first fit)."""
+    compare = config.selection != "holdout"
     path = None
     if advice is not None:
         path = advice.path(
@@ -97,34 +135,31 @@ def _measure_and_decide(backbone, splits, config, advice, compute, allow_recut):
             image_size=config.image_size,
             seed=config.seed,
             allow_recut=allow_recut,
-            cut_by_selection=config.selection != "holdout" and CUTS_COMPARED,
+            compared_features=compare and COMPARISON_VERSION,
         )
         remembered = advice.get(path)
         if remembered is not None:
             return None, remembered
-    m, decision = measured_decision(
+    m, decision = _decided(
         backbone,
         splits,
-        image_size=config.image_size,
-        seed=config.seed,
-        workers=config.workers,
-        compute=compute,
-        allow_recut=allow_recut,
+        config.image_size,
+        config.seed,
+        config.workers,
+        compute,
+        allow_recut,
+        compare,
     )
-    if allow_recut and config.selection != "holdout":
-        decision = _cut_by_selection(
-            m,
-            decision,
-            splits,
-            config.seed,
-            validation=lambda: _with_validation(backbone, m, splits, compute),
-        )
     if advice is not None:
         advice.put(path, decision)
     return m, decision
 
 
-CUTS_COMPARED = 3
+CUTS_COMPARED = 3  # the linear probe's best few cuts, each alone
+JOINED_COMPARED = (2, 3)  # and the best two and three joined side by side
+COMPARISON_BUDGET_S = 30.0  # candidates after this many seconds are not compared
+# what a remembered decision was compared with; a new candidate set measures again
+COMPARISON_VERSION = "cuts3+joined2,3"
 
 
 def _with_validation(backbone, m: Measurement, splits, compute) -> Measurement:
@@ -146,39 +181,88 @@ def _with_validation(backbone, m: Measurement, splits, compute) -> Measurement:
     return dataclasses.replace(m, examples=[*m.examples, *splits.val], features=features)
 
 
-def _cut_by_selection(m, decision: Decision, splits, seed: int, validation=None) -> Decision:
+def _candidate_cuts(decision: Decision, joinable: bool) -> list[str]:
+    """Single cuts by the probe's ranking (the decision's own first), then joined."""
+    from ..backbones.base import join_cuts
+
+    order = list(decision.scores)  # input to output
+    probe = {c: s["linear_probe_accuracy"] for c, s in decision.scores.items()}
+    ranked = sorted(order, key=probe.get, reverse=True)
+    singles = list(dict.fromkeys([decision.cut, *ranked[:CUTS_COMPARED]]))
+    joined = []
+    if joinable:
+        for k in JOINED_COMPARED:
+            if k <= len(ranked):
+                joined.append(join_cuts(sorted(ranked[:k], key=order.index)))
+    return singles + joined
+
+
+def compare_features_by_cv(
+    m, decision: Decision, splits, seed: int, *, joinable: bool = False, validation=None
+) -> Decision:
     """On small data the head is chosen by cross-validation over a penalty grid
-    (``strategies/probe.py``); the cut is chosen the same way among the probe's best
-    few, on the measured features, instead of by the probe's one fixed penalty."""
+    (``strategies/probe.py``); the features it reads are chosen the same way, on the
+    measured features: the probe's best few cuts, and (``joinable``) the best two and
+    three joined side by side. The table of every candidate goes in the decision."""
     if decision.strategy != "feature-extract" or not decision.size.get("small"):
         return decision
     import torch
 
-    m = validation() if validation is not None else m
-
-    from .. import probe_head
-
-    probe = {c: s["linear_probe_accuracy"] for c, s in decision.scores.items()}
-    cuts = sorted(probe, key=probe.get, reverse=True)[:CUTS_COMPARED]
-    cuts += [] if decision.cut in cuts else [decision.cut]
     y = torch.tensor([e.label for e in m.examples])
-    n = len(splits.classes)
-    counts = torch.bincount(y, minlength=n)
+    counts = torch.bincount(y, minlength=len(splits.classes))
     if int(counts[counts > 0].min()) < 2:
         return decision
-    scored = {}
-    for cut in cuts:
-        chosen = probe_head.select(torch.from_numpy(m.features[cut]), y, n, seed=seed).chosen
-        scored[cut] = (chosen.accuracy, -chosen.log_loss)
-    best = max(cuts, key=lambda c: (scored[c], c == decision.cut))
-    if best == decision.cut:
-        return decision
-    why = (
-        f" With the penalty cross-validated too, {best} did best of the probe's top cuts "
-        f"({scored[best][0]:.3f} against {scored[decision.cut][0]:.3f} at {decision.cut}), "
-        f"so the head is trained at {best}."
+    m = validation() if validation is not None else m
+    y = torch.tensor([e.label for e in m.examples])
+    rows = _score_candidates(m, y, len(splits.classes), _candidate_cuts(decision, joinable), seed)
+    scored = [r for r in rows if r.get("cv_accuracy") is not None]
+    best = max(
+        scored, key=lambda r: (r["cv_accuracy"], -r["cv_log_loss"], r["cut"] == decision.cut)
     )
-    return dataclasses.replace(decision, cut=best, reason=decision.reason + why)
+    why = _why_features(best, decision, scored, len(y))
+    return dataclasses.replace(
+        decision, cut=best["cut"], reason=decision.reason + why, candidates=rows
+    )
+
+
+def _score_candidates(m, y, n_classes: int, cuts: list[str], seed: int) -> list[dict]:
+    import torch
+
+    from .. import probe_head
+    from ..backbones.base import cut_parts
+
+    rows, started = [], time.perf_counter()
+    for cut in cuts:
+        x = np.concatenate([m.features[p] for p in cut_parts(cut)], axis=1)
+        row = {"cut": cut, "features": int(x.shape[1])}
+        spent = time.perf_counter() - started
+        if rows and spent > COMPARISON_BUDGET_S:  # the first is always compared
+            row["skipped"] = f"not compared: the {COMPARISON_BUDGET_S:.0f} s budget was spent"
+            rows.append(row)
+            continue
+        chosen = probe_head.select(torch.from_numpy(x), y, n_classes, seed=seed).chosen
+        row.update(
+            head=chosen.name,
+            cv_accuracy=chosen.accuracy,
+            cv_accuracy_std=chosen.accuracy_std,
+            cv_log_loss=chosen.log_loss,
+        )
+        rows.append(row)
+    return rows
+
+
+def _why_features(best: dict, decision: Decision, scored: list[dict], n: int) -> str:
+    at = next(r for r in scored if r["cut"] == decision.cut)
+    text = (
+        f" {len(scored)} candidate features were compared by cross-validation on {n} "
+        f"labelled images (the probe's best cuts, alone and joined): "
+    )
+    if best["cut"] == decision.cut:
+        return text + f"{best['cut']} stays best ({best['cv_accuracy']:.3f})."
+    return text + (
+        f"{best['cut']} did best ({best['cv_accuracy']:.3f} against {at['cv_accuracy']:.3f} "
+        f"at {decision.cut}), so the head is trained on it."
+    )
 
 
 def _own_size_if_fixed(backbone, config):

@@ -45,6 +45,40 @@ class _CutReached(Exception):
     """Raised by the cut hook to stop the forward pass once the cut's output exists."""
 
 
+CUT_JOIN = "+"
+
+
+def cut_parts(cut: str) -> list[str]:
+    """The layers of a cut: ``"blocks.4+blocks.5"`` is two (a joined cut), most one."""
+    return [p.strip() for p in cut.split(CUT_JOIN)]
+
+
+def join_cuts(cuts) -> str:
+    """One cut name for the features of several layers side by side."""
+    return CUT_JOIN.join(cuts)
+
+
+def pooled(x: torch.Tensor) -> torch.Tensor:
+    """(B, C) from (B, C, H, W) maps (spatial mean), (B, N, C) tokens (token mean) or
+    (B, C) vectors (as they are)."""
+    if x.dim() == 4:
+        return x.mean((2, 3))
+    if x.dim() == 3:
+        return x.mean(1)
+    return x
+
+
+class _Hooks:
+    """Several forward-hook handles removed as one."""
+
+    def __init__(self, handles):
+        self.handles = list(handles)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 class ModuleGroup:
     """Several modules (and loose parameters) that form one block, e.g. a stem conv
     and the BatchNorm after it: they are frozen and unfrozen together, never split."""
@@ -95,6 +129,9 @@ class Backbone(nn.Module):
         features_fn: the full feature forward, e.g. timm's ``forward_features``;
             defaults to calling the model.
         cut: a cut point or any module name that runs; ``None`` keeps the full output.
+            Several joined by ``+`` (``"blocks.4+blocks.5"``) give each one's
+            average-pooled features side by side, one vector per image; the base
+            then ends at the deepest of them.
         digest: the weights digest, if already known.
 
     ``loader`` names the registry entry that rebuilds and re-cuts it (see
@@ -104,6 +141,7 @@ class Backbone(nn.Module):
     """
 
     loader: str = "module"
+    joinable_cuts = True  # a cut may join several layers ("blocks.4+blocks.5")
 
     def __init__(
         self,
@@ -127,13 +165,14 @@ class Backbone(nn.Module):
         self.weights_digest = digest or weights_digest(model)
         self._cut_hook = None
         self._cut_out: list[torch.Tensor] = []
+        self._taps: list[str] = []  # a joined cut's layers, input to output
         trace, full_output_shape = self._trace()
         self.all_blocks = _discover_blocks(model, trace)
         self.cut = None
         self._full_trace = trace
         if cut is not None and cut != self.cut_points[-1]:
             self._apply_cut(cut, trace)
-            shape = trace.runs[self._cut_module_name].output_shape
+            shape = self._cut_shape(trace)
         else:
             self.cut = self.cut_points[-1] if self.cut_points else None
             shape = full_output_shape
@@ -167,8 +206,12 @@ class Backbone(nn.Module):
         self._cut_out.clear()
         with contextlib.suppress(_CutReached):
             self._features_fn(self.model, x)
-        if not self._cut_out:
+        if len(self._cut_out) < max(1, len(self._taps)):
             raise RuntimeError(f"cut layer {self.cut!r} did not run during the forward pass")
+        if self._taps:
+            outputs = [pooled(o) for o in self._cut_out]
+            self._cut_out.clear()
+            return torch.cat(outputs, dim=1)
         return self._cut_out.pop()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,18 +265,35 @@ class Backbone(nn.Module):
             f" (cut points: {', '.join(self.cut_points)})"
         )
 
+    def _cut_shape(self, trace: Trace) -> tuple[int, ...]:
+        if not self._taps:
+            return tuple(trace.runs[self._cut_module_name].output_shape)
+        shapes = [trace.runs[m].output_shape for m in self._taps]
+        return (sum(int(s[-1] if len(s) == 2 else s[0]) for s in shapes),)
+
     def _apply_cut(self, cut: str, trace: Trace) -> None:
-        module_name = self._cut_module(cut, trace)
-        self.cut = cut
-        self._cut_module_name = module_name
+        parts = cut_parts(cut)
+        names = [self._cut_module(p, trace) for p in parts]
+        if len(set(names)) < len(names):
+            raise InputError(f"cut {cut!r} names one layer twice; name each layer once")
+        order = sorted(range(len(parts)), key=lambda i: trace.runs[names[i]].end)
+        parts, names = [parts[i] for i in order], [names[i] for i in order]
+        self.cut = join_cuts(parts)
+        self._cut_module_name = names[-1]
+        self._taps = names if len(names) > 1 else []
         modules = dict(self.model.named_modules())
 
-        def hook(_m, _i, output):
+        def tap(_m, _i, output):
+            self._cut_out.append(output)
+
+        def last(_m, _i, output):
             self._cut_out.append(output)
             raise _CutReached
 
-        self._cut_hook = modules[module_name].register_forward_hook(hook)
-        _prune_after(self.model, trace, module_name)
+        handles = [modules[m].register_forward_hook(tap) for m in names[:-1]]
+        handles.append(modules[names[-1]].register_forward_hook(last))
+        self._cut_hook = _Hooks(handles)
+        _prune_after(self.model, trace, names[-1])
 
 
 def recut_module_backbone(backbone: Backbone, cut: str) -> Backbone:
@@ -253,7 +313,8 @@ def recut_module_backbone(backbone: Backbone, cut: str) -> Backbone:
         return backbone
     if backbone._cut_hook is not None:
         runs = backbone._full_trace.runs
-        target = backbone._cut_module(cut, backbone._full_trace)
+        targets = [backbone._cut_module(p, backbone._full_trace) for p in cut_parts(cut)]
+        target = max(targets, key=lambda t: runs[t].end)
         if runs[target].end > runs[backbone._cut_module_name].end:
             raise InputError(
                 f"cannot re-cut {backbone.name} at {cut!r}: it is already cut at "

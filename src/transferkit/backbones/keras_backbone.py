@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import InputError, did_you_mean
 from ..freezing import summary
-from .base import Backbone, weights_digest
+from .base import CUT_JOIN, Backbone, weights_digest
 from .keras_graph import discover_blocks, operations
 from .keras_module import KerasLayerGroup, KerasModule, layer_row, symbolic_shape
 from .keras_preprocess import PREPROCESS_MODES, keras_data_config
@@ -142,6 +142,7 @@ class KerasBackbone(Backbone):
     """
 
     loader = "keras"
+    joinable_cuts = False
 
     def __init__(
         self,
@@ -163,6 +164,11 @@ class KerasBackbone(Backbone):
                 f"not size={size[0]}x{size[1]}"
             )
         size = fixed or tuple(size or (DEFAULT_SIZE, DEFAULT_SIZE))
+        if cut is not None and CUT_JOIN in cut:
+            raise InputError(
+                f"cut {cut!r} joins layers, which Keras models do not support yet; "
+                "cut a Keras model at one layer"
+            )
         sub = _cut_model(model, cut, keras, input_tensor)
         self.all_blocks = discover_blocks(sub)
         self.model = KerasModule(

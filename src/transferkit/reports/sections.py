@@ -286,10 +286,35 @@ def decision_section(decision: Mapping) -> str:
         )
     if decision.get("reason"):
         parts.append(f'<p class="callout info">{esc(decision["reason"])}</p>')
-    rest = {k: v for k, v in decision.items() if k not in ("strategy", "reason")}
+    if decision.get("candidates"):
+        parts.append(_candidates_table(decision["candidates"], decision.get("cut")))
+    rest = {k: v for k, v in decision.items() if k not in ("strategy", "reason", "candidates")}
     if rest:
         parts.append(value_html(rest))
     return "\n".join(parts)
+
+
+def _candidates_table(rows, kept) -> str:
+    """The features compared by cross-validation on small data, the kept one first."""
+    rows = sorted(rows, key=lambda r: (r.get("cut") != kept, -(r.get("cv_accuracy") or 0)))
+    body = []
+    for r in rows:
+        attr = ' class="chosen"' if r.get("cut") == kept else ""
+        name = esc(r.get("cut")) + (" (kept)" if r.get("cut") == kept else "")
+        if "skipped" in r:
+            cells = f'<td colspan="3">{esc(r["skipped"])}</td>'
+        else:
+            score = f"{_pct(r.get('cv_accuracy'))} &plusmn; {_pct(r.get('cv_accuracy_std'))}"
+            loss = _num(r.get("cv_log_loss"))
+            cells = f"<td>{esc(r.get('head'))}</td><td>{score}</td><td>{loss}</td>"
+        size = f"<td class=num>{r.get('features')}</td>"
+        body.append(f"<tr{attr}><td>{name}</td>{size}{cells}</tr>")
+    return (
+        '<table class="candidates"><caption>Features compared by cross-validation '
+        "(each with its best head)</caption><thead><tr><th>features at</th><th>size</th>"
+        "<th>best head</th><th>cross-validated accuracy (&plusmn; std over folds)</th>"
+        f"<th>log-loss</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def selection_section(selection: Mapping) -> str:

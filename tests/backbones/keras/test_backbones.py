@@ -69,6 +69,11 @@ def test_unknown_cut_names_close_matches_and_cut_points(keras_files):
         create_backbone(str(keras_files["keras"]), cut="flatten")
 
 
+def test_a_joined_cut_of_a_keras_model_is_a_one_line_error(keras_files):
+    with pytest.raises(InputError, match=r"'relu2\+relu3' joins layers.*one layer"):
+        create_backbone(str(keras_files["keras"]), cut="relu2+relu3")
+
+
 def test_features_are_keras_outputs_channels_first(keras, keras_files):
     bb = create_backbone(str(keras_files["keras"]), cut="relu3").eval()
     x = torch.rand(2, 3, 16, 16)
