@@ -74,6 +74,36 @@ def test_a_class_of_one_image_gets_the_default_penalty_without_cross_validation(
     assert chosen.folds == 0 and chosen.chosen.c == 1.0 and chosen.oof_probabilities is None
 
 
+def test_no_view_of_a_held_out_image_is_trained_on():
+    """Views that are exact copies of pure-noise images: a fold that trained on the
+    copy of an image it scores would get it right (the penalty is weak enough to
+    memorise); kept apart, the views add nothing and the score stays near chance."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 200, generator=g)
+    y = torch.arange(3).repeat(20)
+    chosen = probe_head.select(x, y, 3, seed=0, views=x[None].clone())
+    viewed = [c for c in chosen.candidates if c.views]
+    assert len(viewed) == len(chosen.candidates) // 2 and viewed[0].name.endswith("views")
+    assert max(c.accuracy for c in viewed) < 0.6
+
+
+def test_views_that_carry_information_are_chosen_and_refitted_with():
+    """Each view a fresh noisy sample of the image's class: more to learn from, so a
+    candidate with views wins, and the refit uses them."""
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, 30, generator=g)
+    y = torch.arange(3).repeat(4)
+    x = centres[y] + torch.randn(len(y), 30, generator=g) * 2
+    views = centres[y][None] + torch.randn(6, len(y), 30, generator=g) * 2
+    chosen = probe_head.select(x, y, 3, seed=0, views=views)
+    plain = max(c.accuracy for c in chosen.candidates if not c.views)
+    assert chosen.chosen.views and chosen.chosen.accuracy > plain
+    model = probe_head.fit_candidate(chosen.chosen, x, y, 3, views=views)
+    same_penalty = probe_head.Candidate("no views", chosen.chosen.c)
+    alone = probe_head.fit_candidate(same_penalty, x, y, 3)
+    assert not torch.allclose(model.weight, alone.weight)
+
+
 def _fit(tmp_path, data, run=None, **settings):
     params = {**FAST_FIT, "cache_dir": str(tmp_path / "cache"), "cut": "blocks.2"}
     config = FitConfig(**{**params, "strategy": "feature-extract", **settings})
@@ -88,7 +118,9 @@ def test_small_data_pool_train_and_validation_and_report_the_selection(tmp_path,
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     selection = metrics["selection"]
     assert selection["folds"] == 5  # 6 images per class, validation pooled
-    assert selection["chosen"] in [c["candidate"] for c in selection["candidates"]]
+    names = [c["candidate"] for c in selection["candidates"]]
+    assert selection["chosen"] in names
+    assert sum(name.endswith(" + flipped views") for name in names) == len(names) // 2
     assert "training and validation" in (tmp_path / "run" / "train.log").read_text()
     # the validation images were trained on: their scores are the out-of-fold ones
     val = fitted.result.evaluations["val"]

@@ -10,8 +10,9 @@ into the weights, so the result is the same ``nn.Linear`` head that fine-tuning,
 saving and export already handle: nothing extra at inference.
 
 Candidates (each penalty of a grid, and a nearest-class-mean classifier for the
-smallest sets) are compared by stratified, seeded k-fold cross-validation; the best
-is refitted on every labelled image given.
+smallest sets; each again with the features of augmented views of the training
+images added, when given) are compared by stratified, seeded k-fold
+cross-validation; the best is refitted on every labelled image given.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.nn import functional as F
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 NCM = "nearest class mean"
 MAX_FOLDS = 5
+VIEWS = " + flipped views"  # a candidate trained on each image and its mirror image
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Candidate:
 
     name: str
     c: float | None = None  # the penalty's C; None for nearest class mean
+    views: bool = False  # trained on the augmented views too
     accuracy: float = math.nan
     accuracy_std: float = math.nan
     log_loss: float = math.nan
@@ -172,18 +175,32 @@ def _unstandardize(w, b, mean, std) -> LinearClassifier:
     return LinearClassifier(weight, b - weight @ mean)
 
 
-def fit_candidate(candidate: Candidate, x, y, num_classes, sample_weight=None):
+def fit_candidate(candidate: Candidate, x, y, num_classes, sample_weight=None, views=None):
+    """``candidate`` fitted on every row of ``x`` (and, for a candidate of views, on
+    the rows of ``views`` too: ``(V, N, D)``, each view of each image)."""
+    if candidate.views:
+        x, y, sample_weight = with_views(x, y, sample_weight, views)
     if candidate.c is None:
         return fit_class_means(x, y, num_classes)
     return fit_logistic(x, y, num_classes, candidate.c, sample_weight=sample_weight)
 
 
-def candidates_for(y: torch.Tensor, num_classes: int) -> list[Candidate]:
-    """The penalty grid; nearest class mean too when every class is very small."""
+def with_views(x, y, sample_weight, views):
+    """The rows of ``x`` and of each view, each with its image's label and weight."""
+    k = 1 + len(views)
+    sw = None if sample_weight is None else sample_weight.repeat(k)
+    return torch.cat([x, *views]), y.repeat(k), sw
+
+
+def candidates_for(y: torch.Tensor, num_classes: int, views: bool = False) -> list[Candidate]:
+    """The penalty grid; nearest class mean too when every class is very small; with
+    ``views``, each again trained on the augmented views too."""
     grid = [Candidate(f"logistic regression, C={c:g}", c) for c in C_GRID]
     counts = torch.bincount(y, minlength=num_classes)
     if int(counts.max()) <= 10:
         grid.append(Candidate(NCM))
+    if views:
+        grid += [Candidate(c.name + VIEWS, c.c, views=True) for c in grid]
     return grid
 
 
@@ -209,15 +226,21 @@ def select(
     *,
     seed: int = 0,
     sample_weight: torch.Tensor | None = None,
+    views: torch.Tensor | None = None,
 ) -> Selection:
     """Cross-validate every candidate (stratified, seeded folds: as many as the
     smallest class allows, at most 5) and keep the best by accuracy (log-loss breaks
-    ties, then the stronger penalty)."""
+    ties, then no views, then the stronger penalty).
+
+    ``views`` (``(V, N, D)``: V augmented views of each image) adds the candidates
+    trained on them too; a fold trains on the views of its training images only and
+    is scored on the original images it held out, so no view of a held-out image
+    leaks into training."""
     from sklearn.model_selection import StratifiedKFold
 
     counts = torch.bincount(y, minlength=num_classes)
     folds = min(MAX_FOLDS, int(counts[counts > 0].min()))
-    candidates = candidates_for(y, num_classes)  # penalties ascending: a path
+    candidates = candidates_for(y, num_classes, views is not None)  # penalties ascending
     if folds < 2:
         chosen = next(c for c in candidates if c.c == 1.0)
         return Selection(0, candidates, chosen, None)
@@ -225,29 +248,38 @@ def select(
         StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.numpy())
     )
     with _one_thread():
-        oof = _cross_validate(candidates, x, y, num_classes, splits, sample_weight)
-    chosen = min(candidates, key=lambda c: (-round(c.accuracy, 9), c.log_loss, c.c or 0))
+        oof = _cross_validate(candidates, x, y, num_classes, splits, sample_weight, views)
+    chosen = min(candidates, key=lambda c: (-round(c.accuracy, 9), c.log_loss, c.views, c.c or 0))
     return Selection(folds, candidates, chosen, oof[chosen.name].float())
 
 
-def _fold_models(candidates, x, y, num_classes, sample_weight) -> list[LinearClassifier]:
+def _fold_models(candidates, x, y, num_classes, sample_weight) -> dict[str, LinearClassifier]:
     """One model per candidate on one fold's training part (the penalties as a path)."""
     penalised = [c for c in candidates if c.c is not None]
     path = fit_logistic_path(
         x, y, num_classes, [c.c for c in penalised], sample_weight=sample_weight
     )
-    by_name = {c.name: m for c, m in zip(penalised, path, strict=True)}
-    return [by_name.get(c.name) or fit_class_means(x, y, num_classes) for c in candidates]
+    models = {c.name: m for c, m in zip(penalised, path, strict=True)}
+    for c in candidates:
+        if c.c is None:
+            models[c.name] = fit_class_means(x, y, num_classes)
+    return models
 
 
-def _cross_validate(candidates, x, y, num_classes, splits, sample_weight) -> dict:
+def _cross_validate(candidates, x, y, num_classes, splits, sample_weight, views=None) -> dict:
     """Fills every candidate's scores; returns their out-of-fold probabilities."""
     probs = {c.name: torch.zeros(len(y), num_classes, dtype=torch.float64) for c in candidates}
     per_fold: dict[str, list[float]] = {c.name: [] for c in candidates}
+    plain = [c for c in candidates if not c.views]
+    viewed = [c for c in candidates if c.views]
     for train, test in splits:
         sw = None if sample_weight is None else sample_weight[train]
-        models = _fold_models(candidates, x[train], y[train], num_classes, sw)
-        for cand, model in zip(candidates, models, strict=True):
+        models = _fold_models(plain, x[train], y[train], num_classes, sw)
+        if viewed:
+            rows = with_views(x[train], y[train], sw, views[:, train])
+            models |= _fold_models(viewed, *rows[:2], num_classes, rows[2])
+        for cand in candidates:
+            model = models[cand.name]
             p = model.logits(x[test]).softmax(1)
             probs[cand.name][test] = p
             per_fold[cand.name].append(float((p.argmax(1) == y[test]).double().mean()))

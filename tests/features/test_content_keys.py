@@ -35,7 +35,7 @@ def _fit(data, cache):
 
 def test_an_image_edited_in_place_with_size_and_mtime_kept_is_extracted_again(tmp_path):
     data = _bmp_folder(tmp_path / "data")
-    assert _fit(data, tmp_path / "cache")["extracted"] == 12
+    assert _fit(data, tmp_path / "cache")["extracted"] == 24  # 12 images, 12 mirror images
     image = data / "class0" / "0.bmp"
     st = os.stat(image)
     edited = np.asarray(Image.open(image)).copy()
@@ -47,4 +47,4 @@ def test_an_image_edited_in_place_with_size_and_mtime_kept_is_extracted_again(tm
     assert (os.stat(image).st_size, os.stat(image).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
 
     again = _fit(data, tmp_path / "cache")
-    assert (again["extracted"], again["hits"]) == (1, 11)
+    assert (again["extracted"], again["hits"]) == (2, 22)  # the image and its mirror

@@ -109,8 +109,13 @@ def extraction(inputs: TrainingInputs, description: str) -> Extraction:
     )
 
 
-def cached_features(inputs: TrainingInputs, examples, split: str, collective=None):
+def cached_features(
+    inputs: TrainingInputs, examples, split: str, collective=None, *, view: str | None = None
+):
     """Features of ``examples`` through the frozen base, from the cache when possible.
+
+    ``view="hflip"``: of each image's mirror image instead (an augmented view, cached
+    under its own key beside the image's).
 
     With several processes (``collective``, default the run's) all of them must call
     this; they share the extraction and only rank 0 gets the features (the others
@@ -118,14 +123,33 @@ def cached_features(inputs: TrainingInputs, examples, split: str, collective=Non
     collective = inputs.runtime.collective if collective is None else collective
     if not examples:
         return torch.empty(0)
+    dataset = image_dataset(inputs, examples, train=False)
+    keys = [e.digest for e in examples]
+    what = f"features ({split})"
+    if view is not None:
+        dataset, keys = VIEWS[view](dataset), [f"{k}:{view}" for k in keys]
+        what = f"features ({split}, {view} views)"
     array = inputs.features.get(
-        inputs.backbone,
-        image_dataset(inputs, examples, train=False),
-        [e.digest for e in examples],
-        extraction(inputs, f"features ({split})"),
-        collective=collective,
+        inputs.backbone, dataset, keys, extraction(inputs, what), collective=collective
     )
     return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
+
+
+class MirroredImages(torch.utils.data.Dataset):
+    """A dataset's images flipped left to right (labels as they are)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, label = self.dataset[index]
+        return x.flip(-1), label
+
+
+VIEWS = {"hflip": MirroredImages}
 
 
 def labels_of(examples) -> torch.Tensor:

@@ -81,28 +81,31 @@ def fit_selected_head(inputs: TrainingInputs, *, pool: bool = True) -> SelectedH
     freeze(inputs.backbone)
     set_bn_policy(inputs.backbone, "frozen")
     pooled = pool and pools_validation(inputs)
-    parts = [cached_features(inputs, inputs.splits.train, "train")]
-    if pooled:
-        parts.append(cached_features(inputs, inputs.splits.val, "val"))
+    examples = [(inputs.splits.train, "train")] + ([(inputs.splits.val, "val")] if pooled else [])
+    x = [cached_features(inputs, ex, split) for ex, split in examples]
+    views = None
+    if pool:  # small data: mirror images are candidates too (cross-validation decides)
+        views = [cached_features(inputs, ex, split, view="hflip") for ex, split in examples]
     torch.manual_seed(cfg.seed)
     head = create_head(inputs.backbone.feature_shape, inputs.num_classes, cfg.head)
     result = None
     if collective.is_main:  # the others wait: a head on features takes seconds
-        result = _select_and_fit(inputs, head, torch.cat(parts), pooled)
+        views = None if views is None else torch.cat(views)[None]
+        result = _select_and_fit(inputs, head, torch.cat(x), pooled, views)
     if collective.active:
         result = _share(inputs, head, result)
     return result
 
 
-def _select_and_fit(inputs: TrainingInputs, head, x: torch.Tensor, pooled: bool) -> SelectedHead:
+def _select_and_fit(inputs: TrainingInputs, head, x, pooled: bool, views) -> SelectedHead:
     examples = list(inputs.splits.train) + (list(inputs.splits.val) if pooled else [])
     y = labels_of(examples)
     started = time.perf_counter()
     weights = _sample_weight(inputs, y)
     selection = probe_head.select(
-        x, y, inputs.num_classes, seed=inputs.config.seed, sample_weight=weights
+        x, y, inputs.num_classes, seed=inputs.config.seed, sample_weight=weights, views=views
     )
-    model = probe_head.fit_candidate(selection.chosen, x, y, inputs.num_classes, weights)
+    model = probe_head.fit_candidate(selection.chosen, x, y, inputs.num_classes, weights, views)
     probe_head.load_into(head, model)
     head = head.to(inputs.device).eval()
     phase = _phase_record(selection, time.perf_counter() - started)

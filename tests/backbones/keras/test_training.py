@@ -161,7 +161,7 @@ def keras_model_to(backbone, output):
 def test_second_fit_reuses_cached_keras_features(tmp_path, data, keras_files):
     kw = {"cut": "flatten_1", "cache_dir": str(tmp_path / "cache"), **FAST}
     a = TransferClassifier(str(keras_files["keras"]), "feature-extract", **kw).fit(data)
-    assert a.metrics_["feature_cache"]["extracted"] == 18
+    assert a.metrics_["feature_cache"]["extracted"] == 36  # 18 images, 18 mirrored
     b = TransferClassifier(str(keras_files["keras"]), "feature-extract", **kw).fit(data)
     assert b.metrics_["feature_cache"]["extracted"] == 0  # the weights digest is stable
     assert a.metrics_["val_accuracy"] == b.metrics_["val_accuracy"]
