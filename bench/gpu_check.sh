@@ -53,7 +53,9 @@ while (($#)); do
 done
 
 command -v "$PY" >/dev/null || die "no '$PY' on PATH: set PYTHON to the interpreter that has PyTorch"
-"$PY" -c "import torch" 2>/dev/null ||
+# one start of torch: its version, its CUDA build, and whether it sees a GPU
+about="$("$PY" -c 'import torch
+print(f"torch {torch.__version__}, CUDA build {torch.version.cuda}|{torch.cuda.is_available()}")' 2>/dev/null)" ||
     die "'$PY' cannot import torch: set PYTHON to the interpreter that has PyTorch"
 
 DEVICE=cuda
@@ -63,9 +65,8 @@ if ((REHEARSE)); then
     PRECISION=fp32
     export TRANSFERKIT_TEST_GPU_DEVICE=cpu # the GPU tests run with the CPU in its place
     echo "gpu_check: rehearsal on the CPU at toy sizes (no GPU numbers)"
-elif ! "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    about="$("$PY" -c 'import torch; print(f"torch {torch.__version__}, CUDA build {torch.version.cuda}")')"
-    die "no CUDA GPU is visible to PyTorch ($about): run this on a machine with an NVIDIA GPU and a CUDA build of PyTorch (--rehearse checks the script on a CPU)"
+elif [[ "${about#*|}" != True ]]; then
+    die "no CUDA GPU is visible to PyTorch (${about%|*}): run this on a machine with an NVIDIA GPU and a CUDA build of PyTorch (--rehearse checks the script on a CPU)"
 fi
 
 mkdir -p "$OUT_DIR"
