@@ -17,17 +17,26 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import InputError
 from .build import Example
+from .copies import CopyCache, load_working, side_for
 from .images import open_image
 
 
 class ImageDataset(Dataset):
     """``(tensor, label)`` pairs from examples, opened the same way the scanner checked.
 
+    With a ``create_transform`` transform, an image larger than the transform needs
+    is read from its working copy (``copies.py``: made once, by the scan or on first
+    use, and keyed by the example's content digest), so each large original is
+    decoded once per data set rather than once per epoch.
+
     Args:
         examples: usable examples (``DatasetSplits.train`` etc.).
         transform: PIL image -> tensor, usually ``create_transform(...)``; ``None``
-            gives unnormalised [0, 1] tensors.
+            gives unnormalised [0, 1] tensors of the full-size originals.
         channels: 1 or 3; default: the transform's ``channels``, else 3.
+        copies: the working-copy cache; default ``CopyCache()`` (under
+            ``cache_root()``); ``CopyCache(enabled=False)`` makes copies in memory
+            only, each time.
     """
 
     def __init__(
@@ -35,19 +44,29 @@ class ImageDataset(Dataset):
         examples: Sequence[Example],
         transform: Callable | None = None,
         channels: int | None = None,
+        copies: CopyCache | None = None,
     ):
         self.examples = list(examples)
         self.transform = transform
         self.channels = channels or getattr(transform, "channels", 3)
         if self.channels not in (1, 3):
             raise InputError(f"channels must be 1 or 3, got {self.channels!r}")
+        self.side = side_for(transform)
+        self.copies = copies if copies is not None else CopyCache()
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def open(self, index: int):
+        """The PIL image of example ``index`` that the transform is applied to."""
+        ex = self.examples[index]
+        if self.side is None:
+            return open_image(ex.path, channels=self.channels)
+        return load_working(ex.path, ex.digest, self.side, self.channels, self.copies)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         ex = self.examples[index]
-        img = open_image(ex.path, channels=self.channels)
+        img = self.open(index)
         if self.transform is None:
             arr = np.asarray(img, dtype=np.float32) / 255.0
             x = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
