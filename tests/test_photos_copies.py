@@ -28,6 +28,12 @@ CONFIG = {
 SIDE = working_side(64, 0.875)  # 448: the smallest working copy
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """A cache folder per test: the copies found are the ones this test made."""
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def photo(path, size=(640, 480), seed=0, progressive=False, exif=None):
     """A smooth JPEG with some noise: a small stand-in for a phone photo."""
     w, h = size
