@@ -11,7 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from transferkit.data import ImageDataset, check_data, create_transform, load_data, open_image
+from transferkit.data import (
+    ImageDataset,
+    ScanOptions,
+    check_data,
+    create_transform,
+    load_data,
+    open_image,
+)
 from transferkit.data import copies as copies_module
 from transferkit.data.copies import CopyCache, working_side
 from transferkit.data.images import inspect_image
@@ -82,6 +89,7 @@ def test_the_loader_does_not_need_the_originals_after_load_data(tmp_path):
 def test_check_data_verifies_only_and_load_data_makes_copies(tmp_path):
     root = photo_folder(tmp_path / "photos")
     assert check_data(root).usable
+    assert check_data(root, scan=ScanOptions(cache=False)).usable
     cache = CopyCache()
     assert not list(cache.folder.rglob("*.jpg"))
     data = load_data(root, val_split=0)

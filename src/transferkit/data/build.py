@@ -123,10 +123,10 @@ def check_data(
     Only invalid options (``val_split`` outside [0, 1), unknown ``image_mode``) raise
     ``InputError``.
 
-    By default it only verifies (``ScanOptions(copy_side=None)``): JPEGs are decoded
-    at the smallest scale, and no working copies are made.
+    It only verifies: JPEGs are decoded at the smallest scale, and no working copies
+    are made (``scan.copy_side`` is ignored; ``load_data`` makes them).
     """
-    scan = scan or ScanOptions(copy_side=None)
+    scan = replace(scan or ScanOptions(), copy_side=None)
     return _build(
         source, val_split=val_split, seed=seed, image_mode=image_mode, scan=scan, policy=policy
     ).report
