@@ -149,12 +149,13 @@ def load_working(
 
 def load_working_bytes(
     path: str, digest: str, side: int, cache: CopyCache | None = None
-) -> bytes | None:
-    """The working copy's JPEG bytes for ``path`` (cached, else made and stored), or
-    ``None`` when the original is not larger than ``side`` (use it as it is)."""
+) -> tuple[Image.Image | None, bytes | None]:
+    """``(None, copy bytes)`` for an image larger than ``side`` (from the cache, else
+    made and stored), else ``(image, None)``: the original, opened in RGB."""
     data = cache.get(digest, side) if cache is not None else None
-    if data is None:
-        _, data = open_working(path, 3, DEFAULT_MAX_PIXELS, side)
-        if data is not None and cache is not None:
-            cache.put(digest, side, data)
-    return data
+    if data is not None:
+        return None, data
+    img, data = open_working(path, 3, DEFAULT_MAX_PIXELS, side)
+    if data is not None and cache is not None:
+        cache.put(digest, side, data)
+    return img, data

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import InputError
 from .build import Example
 from .copies import CopyCache, load_working, side_for
+from .gpu import EncodedDataset, collate_encoded, gpu_decodable, tensor_transform, to_batch
 from .images import open_image
 
 
@@ -122,6 +123,11 @@ def create_loader(
         sampler: e.g. a ``DistributedSampler`` or class-balanced sampler.
         drop_last: drop a last incomplete batch (keeps BatchNorm heads stable).
 
+    On a CUDA device, an ``ImageDataset`` with an evaluation transform is decoded on
+    the GPU (``gpu.py``): workers only read the working copies' bytes, and each
+    batch is decoded, resized and normalised there in one go. Batches then arrive on
+    the device already.
+
     Example:
         >>> loader = create_loader(ImageDataset(data.train, tf), shuffle=True)  # doctest: +SKIP
     """
@@ -134,8 +140,7 @@ def create_loader(
     generator = torch.Generator()
     generator.manual_seed(seed)
     pin = torch.device(device).type == "cuda" and torch.cuda.is_available()
-    return _Loader(
-        dataset,
+    settings = dict(
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
@@ -147,6 +152,12 @@ def create_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
     )
+    if gpu_decodable(dataset, device):
+        settings.update(pin_memory=False, collate_fn=collate_encoded)
+        return _GpuDecodeLoader(
+            EncodedDataset(dataset), tensor_transform(dataset), torch.device(device), **settings
+        )
+    return _Loader(dataset, **settings)
 
 
 class _Loader(DataLoader):
@@ -160,6 +171,18 @@ class _Loader(DataLoader):
 
     def __iter__(self):
         return _OneLineErrors(super().__iter__())
+
+
+class _GpuDecodeLoader(_Loader):
+    """Batches of working-copy bytes, decoded and transformed on ``device``."""
+
+    def __init__(self, dataset, transform, device: torch.device, **settings):
+        super().__init__(dataset, **settings)
+        self.tensor_transform = transform
+        self.device = device
+
+    def __iter__(self):
+        return (to_batch(b, self.tensor_transform, self.device) for b in super().__iter__())
 
 
 class _OneLineErrors:
