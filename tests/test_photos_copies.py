@@ -32,7 +32,7 @@ CONFIG = {
     "crop_pct": 0.875,
     "crop_mode": "center",
 }
-SIDE = working_side(64, 0.875)  # 448: the smallest working copy
+SIDE = working_side(64, 0.875)  # 336: the smallest working copy
 
 
 @pytest.fixture(autouse=True)
@@ -70,9 +70,9 @@ def eval_dataset(examples, **kw):
 
 
 def test_working_side_covers_training_crops_and_the_eval_resize():
-    assert working_side(224) == 448 and working_side(64) == 448
-    assert working_side(384) == 768
-    assert working_side(224, crop_pct=0.4) == 560  # a wide eval resize needs more
+    assert working_side(224) == 336 and working_side(64) == 336
+    assert working_side(384) == 576
+    assert working_side(224, crop_pct=0.6) == 374  # a wide eval resize needs more
 
 
 def test_the_loader_does_not_need_the_originals_after_load_data(tmp_path):
@@ -143,14 +143,14 @@ def test_an_unwritable_copy_folder_warns_once_and_falls_back(tmp_path, monkeypat
 def test_a_large_jpeg_is_decoded_at_reduced_scale_and_stays_close(tmp_path):
     path = photo(tmp_path / "big.jpg", size=(1280, 960))
     img = open_image(path, side=SIDE)
-    assert img.size == (597, 448)
+    assert img.size == (448, 336)
     with Image.open(path) as full:
         reference = full.convert("RGB").resize(img.size, Image.Resampling.BICUBIC)
     diff = np.abs(np.asarray(img, np.float32) - np.asarray(reference, np.float32))
     assert diff.mean() < 2.0  # of 255: draft scale + JPEG 95 copy
     probe, copy = inspect_image(path.read_bytes(), side=SIDE)
     assert probe.ok and (probe.width, probe.height) == (1280, 960)  # the original's size
-    assert Image.open(io.BytesIO(copy)).size == (597, 448)
+    assert Image.open(io.BytesIO(copy)).size == (448, 336)
 
 
 def test_an_exif_rotated_photo_gets_an_upright_copy(tmp_path):
@@ -159,11 +159,11 @@ def test_an_exif_rotated_photo_gets_an_upright_copy(tmp_path):
     path = photo(tmp_path / "rotated.jpg", size=(1280, 960), exif=exif.tobytes())
     with Image.open(path) as stored:
         expected = np.asarray(
-            stored.convert("RGB").transpose(Image.Transpose.ROTATE_270).resize((448, 597)),
+            stored.convert("RGB").transpose(Image.Transpose.ROTATE_270).resize((336, 448)),
             np.float32,
         )
     img = open_image(path, side=SIDE)
-    assert img.size == (448, 597)  # portrait, shorter side = SIDE
+    assert img.size == (336, 448)  # portrait, shorter side = SIDE
     assert np.abs(np.asarray(img, np.float32) - expected).mean() < 2.0
 
 
