@@ -18,6 +18,7 @@ from transferkit.data import (
     create_transform,
     load_data,
     open_image,
+    scanning,
 )
 from transferkit.data import copies as copies_module
 from transferkit.data.copies import CopyCache, working_side
@@ -199,3 +200,23 @@ def test_reduced_scale_verification_rejects_what_a_full_decode_rejects(tmp_path,
 def test_prediction_through_a_missing_original_names_the_file(tmp_path):
     with pytest.raises(InputError, match=r"gone\.jpg: file not found"):
         open_image(tmp_path / "gone.jpg", side=SIDE)
+
+
+def test_a_scan_with_an_unwritable_copy_folder_stops_decoding_for_copies(
+    tmp_path, monkeypatch, caplog
+):
+    root = photo_folder(tmp_path / "photos")
+    load_data(root, val_split=0)  # verdicts cached
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(copies_module, "_WARNED", set())
+    decoded = []
+    real = scanning.inspect_image
+    monkeypatch.setattr(scanning, "inspect_image", lambda *a: decoded.append(1) or real(*a))
+    with caplog.at_level(logging.WARNING, logger="transferkit.data"):
+        verdicts = ScanOptions(workers=1, cache_dir=str(tmp_path / "cache" / "scan"))
+        data = load_data(root, val_split=0, scan=verdicts)
+    assert len(data.train) == 6
+    assert len(decoded) == 1  # the first copy that could not be stored; no more
+    assert sum("working-copy folder" in r.getMessage() for r in caplog.records) == 1

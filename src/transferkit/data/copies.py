@@ -3,10 +3,10 @@
 A 12 MP phone photo takes ~100 ms to decode in full and more to shrink to 224 px;
 the model never needs more than a few hundred pixels of it. So the first pass that
 decodes a large image (the scan of ``load_data``, else the loader) keeps a *working
-copy*: upright, shorter side ``side`` (1.5x the input size; ``working_side``), JPEG quality 95 without
-chroma subsampling. Feature extraction, every fine-tuning epoch, the advisor's
-measurement and prediction on the training files then decode the copy (~3 ms)
-instead of the original. Copies are keyed by the original's content digest (the
+copy*: upright, shorter side 1.5x the input size (``working_side``), JPEG quality 95
+without chroma subsampling. Feature extraction, every fine-tuning epoch, the
+advisor's measurement and prediction on the training files then decode the copy
+(~2 ms) instead of the original. Copies are keyed by the original's content digest (the
 scan's SHA-1), so an edited file gets a new copy and a re-split reuses every one.
 
 Each copy file is the JPEG bytes followed by their SHA-1 (20 bytes; decoders ignore

@@ -319,9 +319,11 @@ class _Copies:
     side: int
 
     def wanted(self, digest: str, probe: Probe) -> bool:
-        """Whether a usable image needs a copy that the cache does not hold."""
+        """Whether a usable image needs a copy that the cache does not hold (never
+        once the cache folder refused a write: decoding for nothing helps no one)."""
         return (
-            probe.ok
+            self.cache.enabled
+            and probe.ok
             and min(probe.width, probe.height) > self.side
             and not self.cache.path(digest, self.side).is_file()
         )
