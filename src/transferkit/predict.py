@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import IMAGE_EXTENSIONS, create_transform, open_image
-from .data.images import extension_problem, special_file
+from .data.copies import side_for
+from .data.images import decode_copy, extension_problem, special_file, working_copy
 from .data.scanning import litter_reason
 from .errors import InputError, MissingDependencyError
 from .runs import file_sha256
@@ -116,6 +117,12 @@ class Predictor:
     def channels(self) -> int:
         return int(getattr(self.transform, "channels", 3))
 
+    @property
+    def side(self) -> int | None:
+        """The working-copy side of the transform: a large image is seen through its
+        working copy, exactly as the run's loaders saw it (``data/copies.py``)."""
+        return side_for(self.transform)
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """(B, K) probabilities from raw logits, with the head's own rule."""
         logits = np.asarray(logits, dtype=np.float64)
@@ -157,7 +164,7 @@ class Predictor:
         chunks = []
         for start in range(0, len(images), self.batch_size):
             batch = [
-                self._pixels(as_image(item, self.channels))
+                self._pixels(as_image(item, self.channels, self.side))
                 for item in images[start : start + self.batch_size]
             ]
             chunks.append(self._batch_probabilities(batch))
@@ -188,7 +195,8 @@ class Predictor:
             tensors = []
             for path in paths[start : start + self.batch_size]:
                 try:
-                    tensors.append(self._pixels(open_image(path, channels=self.channels)))
+                    image = open_image(path, channels=self.channels, side=self.side)
+                    tensors.append(self._pixels(image))
                 except InputError as exc:
                     failures.append(Failure(path, _reason(path, exc)))
                     continue
@@ -230,15 +238,18 @@ class Predictor:
         return PredictResult(predictions, failures)
 
 
-def as_image(item, channels: int):
-    """A PIL image in the model's colour mode from a path, a PIL image or an array."""
+def as_image(item, channels: int, side: int | None = None):
+    """A PIL image in the model's colour mode from a path, a PIL image or an array;
+    through its working copy when larger than ``side``, as a file would be."""
     from PIL import Image
 
     if isinstance(item, (str, os.PathLike)):
-        return open_image(item, channels=channels)
+        return open_image(item, channels=channels, side=side)
     if isinstance(item, np.ndarray):
         item = Image.fromarray(item)
     if isinstance(item, Image.Image):
+        if side is not None and min(item.size) > side:
+            return decode_copy(working_copy(item, side), "image", channels)
         return item.convert("L" if channels == 1 else "RGB")
     raise InputError(f"cannot predict on a {type(item).__name__}: give paths, PIL images or arrays")
 

@@ -55,8 +55,8 @@ def test_a_warm_scan_decodes_nothing(tmp_path, monkeypatch):
         save(noise(seed=i), tmp_path / "a" / f"img{i}.png")
     _scan(tmp_path, tmp_path / "cache")
     decoded = []
-    real = scanning.probe_image
-    monkeypatch.setattr(scanning, "probe_image", lambda *a: decoded.append(1) or real(*a))
+    real = scanning.inspect_image
+    monkeypatch.setattr(scanning, "inspect_image", lambda *a: decoded.append(1) or real(*a))
     warm, _ = _scan(tmp_path, tmp_path / "cache")
     assert decoded == [] and (warm.cache_hits, warm.cache_misses) == (20, 0)
 

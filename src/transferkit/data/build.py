@@ -122,7 +122,11 @@ def check_data(
     Bad data never raises; it makes ``report.usable`` False with ``report.reason``.
     Only invalid options (``val_split`` outside [0, 1), unknown ``image_mode``) raise
     ``InputError``.
+
+    It only verifies: JPEGs are decoded at the smallest scale, and no working copies
+    are made (``scan.copy_side`` is ignored; ``load_data`` makes them).
     """
+    scan = replace(scan or ScanOptions(), copy_side=None)
     return _build(
         source, val_split=val_split, seed=seed, image_mode=image_mode, scan=scan, policy=policy
     ).report

@@ -64,6 +64,9 @@ _KNOWN_UNSUPPORTED = {
 }
 
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+# Originals in these modes get a grayscale working copy; all others an RGB one.
+_GRAY_MODES = {"1", "L", "LA", "La", *_HIGH_DEPTH_MODES}
+COPY_QUALITY = 95
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _ORIENTATION_TAG = 0x0112
 
@@ -99,36 +102,60 @@ class Probe:
 
 
 def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
-    """Decode ``data`` completely and say whether it is a usable image.
+    """Decode ``data`` and say whether it is a usable image (see ``inspect_image``)."""
+    return inspect_image(data, max_pixels)[0]
+
+
+def inspect_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, side: int | None = None
+) -> tuple[Probe, bytes | None]:
+    """Decode ``data``, say whether it is a usable image, and make its working copy.
 
     Every failure becomes a ``Probe`` with a reason instead of an exception: one bad
     file must never stop a scan. The pixel count is checked from the header, before
-    any pixel is decoded, so decompression bombs cost nothing.
+    any pixel is decoded, so decompression bombs cost nothing. A JPEG is decoded at
+    reduced scale (draft mode): every entropy-coded block is still decoded, so a
+    truncated or broken file fails exactly as in a full decode, at half the cost.
+
+    Returns:
+        ``(probe, copy)``: ``copy`` is the working copy's file bytes (see
+        ``working_copy``) when ``side`` is given and the image is larger than
+        ``side``; otherwise ``None``.
     """
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        return Probe(False, "not_image", "not an image: contents are not a recognised image format")
+        probe = Probe(
+            False, "not_image", "not an image: contents are not a recognised image format"
+        )
+        return probe, None
     except Image.DecompressionBombError as exc:
-        return Probe(False, "too_large", f"too large to decode safely ({_bomb(exc)})")
+        return Probe(False, "too_large", f"too large to decode safely ({_bomb(exc)})"), None
     except Exception as exc:  # plugins raise anything (SyntaxError, struct.error, ...)
-        return Probe(False, "corrupt", f"truncated or corrupt image: {_describe(exc)}")
+        return Probe(False, "corrupt", f"truncated or corrupt image: {_describe(exc)}"), None
     with img:
         w, h = img.size
-        problem = _decode_problem(img, max_pixels)
+        copying = side is not None and min(w, h) > side
+        problem = _decode_problem(img, max_pixels, side if copying else 1)
         if problem is not None:
             kind, reason = problem
-            return Probe(False, kind, reason, w, h, img.mode)
-        return Probe(True, "ok", None, w, h, img.mode, _orientation(img))
+            return Probe(False, kind, reason, w, h, img.mode), None
+        probe = Probe(True, "ok", None, w, h, img.mode, _orientation(img))
+        try:
+            return probe, working_copy(img, side) if copying else None
+        except Exception:  # the verdict stands; the loader makes the copy itself
+            return probe, None
 
 
-def _decode_problem(img: Image.Image, max_pixels: int) -> tuple[str, str] | None:
+def _decode_problem(img: Image.Image, max_pixels: int, side: int) -> tuple[str, str] | None:
     """(kind, reason) when the opened ``img`` is too large, does not decode, or has a
-    pixel mode we cannot convert; ``None`` when it is usable. Loads the pixels."""
+    pixel mode we cannot convert; ``None`` when it is usable. Loads the pixels, at
+    reduced scale (``draft``) where the format allows it and ``side`` is small."""
     w, h = img.size
     if w * h > max_pixels:
         return "too_large", _too_large(w, h, max_pixels)
     try:
+        draft(img, side)
         img.load()
     except Exception as exc:
         return "corrupt", f"truncated or corrupt image data: {_describe(exc)}"
@@ -140,7 +167,10 @@ def _decode_problem(img: Image.Image, max_pixels: int) -> tuple[str, str] | None
 
 
 def open_image(
-    path: str | os.PathLike, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike,
+    channels: int = 3,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    side: int | None = None,
 ) -> Image.Image:
     """Open an image upright (EXIF orientation applied) in ``channels`` (1 or 3).
 
@@ -148,6 +178,9 @@ def open_image(
         path: the image file.
         channels: 1 for grayscale ("L") or 3 for "RGB": the backbone's input channels.
         max_pixels: refuse images with more pixels than this (decompression bombs).
+        side: when given, an image whose shorter side is longer than ``side`` comes
+            back as its working copy (shorter side ``side``; see ``working_copy``),
+            decoded at the smallest JPEG scale that still covers it.
 
     Returns:
         A loaded PIL image in mode "L" or "RGB".
@@ -161,6 +194,22 @@ def open_image(
         >>> img.mode
         'RGB'
     """
+    img, copy = open_working(path, channels, max_pixels, side)
+    return img if copy is None else decode_copy(copy, os.fsdecode(path), channels)
+
+
+def open_working(
+    path: str | os.PathLike,
+    channels: int = 3,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    side: int | None = None,
+) -> tuple[Image.Image | None, bytes | None]:
+    """``(image, None)`` as ``open_image`` gives it, or ``(None, copy)``: the working
+    copy's file bytes when ``side`` is given and the image is larger than that.
+
+    Raises:
+        InputError: as ``open_image``.
+    """
     if channels not in (1, 3):
         raise InputError(f"channels must be 1 or 3, got {channels!r}")
     name = os.fsdecode(path)
@@ -171,12 +220,64 @@ def open_image(
         w, h = img.size
         if w * h > max_pixels:
             raise InputError(f"{name}: {_too_large(w, h, max_pixels)}")
+        copying = side is not None and min(w, h) > side
         try:
+            if copying:
+                draft(img, side)
             img.load()
-            upright = upright_image(img)
-            return to_channels(upright, channels)
+            if copying:
+                return None, working_copy(img, side)
+            return to_channels(upright_image(img), channels), None
         except Exception as exc:
             raise InputError(f"{name}: truncated or corrupt image: {_describe(exc)}") from None
+
+
+def draft(img: Image.Image, side: int) -> None:
+    """Ask the decoder for the smallest scale whose shorter side is still >= ``side``.
+
+    JPEG (draft mode) decodes at 1/2, 1/4 or 1/8 scale: the DCT is scaled, but every
+    entropy-coded block is still decoded, so truncation and broken data are still
+    found. A square request keeps the rule true whatever the EXIF orientation (it
+    is applied after decoding, and swaps width and height). Other formats decode at
+    full size; ``working_copy`` then shrinks them with ``reducing_gap``. Must be
+    called before ``load``; a no-op after it.
+    """
+    w, h = img.size
+    if min(w, h) >= 2 * side and img.format in ("JPEG", "MPO"):
+        img.draft(img.mode, (side, side))
+
+
+def working_copy(img: Image.Image, side: int) -> bytes:
+    """The working copy of a loaded, larger-than-``side`` image, as JPEG file bytes.
+
+    Upright, in "RGB" (or "L" for a grayscale original, converted as
+    ``to_channels`` does), resized (bicubic, antialiased) so the shorter side is
+    ``side``, and stored as JPEG quality 95 without chroma subsampling. Every path
+    that uses a large image (scan, loader, prediction) decodes these bytes, whether
+    they were just made or read from the cache: the transform sees the same pixels
+    either way, bit for bit.
+    """
+    upright = upright_image(img)
+    gray = upright.mode in _GRAY_MODES
+    small = to_channels(upright, 1 if gray else 3)
+    w, h = small.size
+    scale = side / min(w, h)
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))
+    small = small.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=COPY_QUALITY, subsampling=0)
+    return out.getvalue()
+
+
+def decode_copy(data: bytes, name: str, channels: int = 3) -> Image.Image:
+    """Working-copy bytes as a loaded image in ``channels``; ``InputError`` naming
+    ``name`` when they do not decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_channels(img, channels)
+    except Exception as exc:
+        raise InputError(f"{name}: truncated or corrupt image: {_describe(exc)}") from None
 
 
 def special_file(path: str | os.PathLike) -> str | None:

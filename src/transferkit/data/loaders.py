@@ -17,17 +17,27 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import InputError
 from .build import Example
+from .copies import CopyCache, load_working, side_for
+from .gpu import EncodedDataset, collate_encoded, gpu_decodable, tensor_transform, to_batch
 from .images import open_image
 
 
 class ImageDataset(Dataset):
     """``(tensor, label)`` pairs from examples, opened the same way the scanner checked.
 
+    With a ``create_transform`` transform, an image larger than the transform needs
+    is read from its working copy (``copies.py``: made once, by the scan or on first
+    use, and keyed by the example's content digest), so each large original is
+    decoded once per data set rather than once per epoch.
+
     Args:
         examples: usable examples (``DatasetSplits.train`` etc.).
         transform: PIL image -> tensor, usually ``create_transform(...)``; ``None``
-            gives unnormalised [0, 1] tensors.
+            gives unnormalised [0, 1] tensors of the full-size originals.
         channels: 1 or 3; default: the transform's ``channels``, else 3.
+        copies: the working-copy cache; default ``CopyCache()`` (under
+            ``cache_root()``); ``CopyCache(enabled=False)`` makes copies in memory
+            only, each time.
     """
 
     def __init__(
@@ -35,19 +45,29 @@ class ImageDataset(Dataset):
         examples: Sequence[Example],
         transform: Callable | None = None,
         channels: int | None = None,
+        copies: CopyCache | None = None,
     ):
         self.examples = list(examples)
         self.transform = transform
         self.channels = channels or getattr(transform, "channels", 3)
         if self.channels not in (1, 3):
             raise InputError(f"channels must be 1 or 3, got {self.channels!r}")
+        self.side = side_for(transform)
+        self.copies = copies if copies is not None else CopyCache()
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def open(self, index: int):
+        """The PIL image of example ``index`` that the transform is applied to."""
+        ex = self.examples[index]
+        if self.side is None:
+            return open_image(ex.path, channels=self.channels)
+        return load_working(ex.path, ex.digest, self.side, self.channels, self.copies)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         ex = self.examples[index]
-        img = open_image(ex.path, channels=self.channels)
+        img = self.open(index)
         if self.transform is None:
             arr = np.asarray(img, dtype=np.float32) / 255.0
             x = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
@@ -103,6 +123,11 @@ def create_loader(
         sampler: e.g. a ``DistributedSampler`` or class-balanced sampler.
         drop_last: drop a last incomplete batch (keeps BatchNorm heads stable).
 
+    On a CUDA device, an ``ImageDataset`` with an evaluation transform is decoded on
+    the GPU (``gpu.py``): workers only read the working copies' bytes, and each
+    batch is decoded, resized and normalised there in one go. Batches then arrive on
+    the device already.
+
     Example:
         >>> loader = create_loader(ImageDataset(data.train, tf), shuffle=True)  # doctest: +SKIP
     """
@@ -115,8 +140,7 @@ def create_loader(
     generator = torch.Generator()
     generator.manual_seed(seed)
     pin = torch.device(device).type == "cuda" and torch.cuda.is_available()
-    return _Loader(
-        dataset,
+    settings = dict(
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
@@ -128,6 +152,12 @@ def create_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
     )
+    if gpu_decodable(dataset, device):
+        settings.update(pin_memory=False, collate_fn=collate_encoded)
+        return _GpuDecodeLoader(
+            EncodedDataset(dataset), tensor_transform(dataset), torch.device(device), **settings
+        )
+    return _Loader(dataset, **settings)
 
 
 class _Loader(DataLoader):
@@ -141,6 +171,18 @@ class _Loader(DataLoader):
 
     def __iter__(self):
         return _OneLineErrors(super().__iter__())
+
+
+class _GpuDecodeLoader(_Loader):
+    """Batches of working-copy bytes, decoded and transformed on ``device``."""
+
+    def __init__(self, dataset, transform, device: torch.device, **settings):
+        super().__init__(dataset, **settings)
+        self.tensor_transform = transform
+        self.device = device
+
+    def __iter__(self):
+        return (to_batch(b, self.tensor_transform, self.device) for b in super().__iter__())
 
 
 class _OneLineErrors:

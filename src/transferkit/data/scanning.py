@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from .cache import VerdictCache
+from .copies import WORKING_SIDE, CopyCache
 from .images import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_PIXELS,
     Probe,
     extension_problem,
-    probe_image,
+    inspect_image,
 )
 
 _LITTER = {
@@ -85,6 +86,10 @@ class ScanOptions:
         cache: reuse verdicts of unchanged files from earlier scans.
         cache_dir: where verdict files live (default: the transferkit cache + /scan).
         workers: decoding threads; ``None`` means min(8, CPU count).
+        copy_side: make the working copy (``copies.py``) of every image whose
+            shorter side is longer than this, in the same pass that verifies it, so
+            the loader never decodes the original; ``None`` verifies only (at the
+            smallest JPEG scale: ``data check``).
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -92,6 +97,7 @@ class ScanOptions:
     cache: bool = True
     cache_dir: str | None = None
     workers: int | None = None
+    copy_side: int | None = WORKING_SIDE
 
 
 @dataclass
@@ -238,7 +244,8 @@ def verify_files(
     outcomes: list[ScannedFile | SkippedFile | None] = [_precheck(c, options) for c in candidates]
     todo = [i for i, o in enumerate(outcomes) if o is None]
     workers = options.workers or min(8, os.cpu_count() or 1)
-    check = lambda i: _check(candidates[i].path, options.max_pixels, cache)  # noqa: E731
+    copies = _Copies(CopyCache(), options.copy_side) if options.copy_side else None
+    check = lambda i: _check(candidates[i].path, options.max_pixels, cache, copies)  # noqa: E731
     with warnings.catch_warnings():
         # We judge size ourselves; PIL's warning would only repeat it on stderr.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -304,11 +311,30 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
+@dataclass(frozen=True)
+class _Copies:
+    """Where the scan puts working copies, and their shorter side."""
+
+    cache: CopyCache
+    side: int
+
+    def wanted(self, digest: str, probe: Probe) -> bool:
+        """Whether a usable image needs a copy that the cache does not hold (never
+        once the cache folder refused a write: decoding for nothing helps no one)."""
+        return (
+            self.cache.enabled
+            and probe.ok
+            and min(probe.width, probe.height) > self.side
+            and not self.cache.path(digest, self.side).is_file()
+        )
+
+
 def _check(
-    path: str, max_pixels: int, cache: VerdictCache
+    path: str, max_pixels: int, cache: VerdictCache, copies: _Copies | None = None
 ) -> tuple[str, Probe | SkippedFile, bool]:
     """(content digest, verdict, whether the verdict came from the cache): the file is
-    read and hashed every time; it is decoded only when its content is new."""
+    read and hashed every time; it is decoded only when its content is new, or when
+    its working copy is wanted and missing (made in the same decode)."""
     try:
         data = _read_file(path)
     except OSError as exc:
@@ -319,10 +345,23 @@ def _check(
     cached = cache.get(path, cache.key(digest, max_pixels))
     if cached is not None:
         try:
-            return digest, Probe.from_dict(cached["probe"]), True
+            probe = Probe.from_dict(cached["probe"])
         except (KeyError, TypeError):
-            pass  # an entry from a damaged cache file: decode again
-    return digest, probe_image(data, max_pixels), False
+            probe = None  # an entry from a damaged cache file: decode again
+        if probe is not None:
+            if copies is not None and copies.wanted(digest, probe):
+                _, copy = inspect_image(data, max_pixels, copies.side)
+                _store(copies, digest, copy)
+            return digest, probe, True
+    probe, copy = inspect_image(data, max_pixels, copies.side if copies else None)
+    if copies is not None:
+        _store(copies, digest, copy)
+    return digest, probe, False
+
+
+def _store(copies: _Copies, digest: str, copy: bytes | None) -> None:
+    if copy is not None:
+        copies.cache.put(digest, copies.side, copy)
 
 
 def _dir_key(path: str) -> tuple[int, int] | None:

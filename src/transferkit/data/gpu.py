@@ -1,0 +1,158 @@
+"""GPU input path: working copies decoded on the GPU in batches, resized there.
+
+Why: a GPU runs efficientnet_lite0 at thousands of images/s; a CPU core decodes and
+resizes a 336 px working copy in ~4 ms, so four loader workers feed it ~1,000 images/s
+at best. On a CUDA device the evaluation loader (feature extraction, validation,
+the advisor's measurement) therefore ships the working copies' JPEG bytes, which
+``torchvision.io.decode_jpeg(device="cuda")`` decodes a batch at a time (nvJPEG);
+resize, centre crop and normalisation follow on the GPU. Images not larger than the
+working side have no copy: they are transformed on the CPU as before and copied to
+the GPU from pinned memory, non-blocking. Training batches (random crops, flips and
+jitter per image) keep the CPU path with worker processes.
+
+The GPU result matches the CPU path to within decoder and resampling rounding
+(``tests/test_photos_gpu.py`` checks the same functions with ``device="cpu"``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from .copies import load_working_bytes
+from .images import to_channels
+
+_DECODE_OK: dict[str, bool] = {}
+
+
+def gpu_decodable(dataset, device: str | torch.device) -> bool:
+    """Whether ``create_loader`` should decode ``dataset`` on ``device``: a CUDA
+    device whose nvJPEG decodes, and an ``ImageDataset`` with an evaluation
+    transform (3 channels, centre crop) and a working side."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if tensor_transform(dataset) is None:
+        return False
+    return _decoder_works(device)
+
+
+def tensor_transform(dataset) -> TensorEvalTransform | None:
+    """The GPU equivalent of ``dataset``'s evaluation transform, or ``None`` when it
+    has none (training augmentation, 1 channel, another crop mode, no transform)."""
+    cfg = getattr(getattr(dataset, "transform", None), "config", None)
+    if getattr(dataset, "side", None) is None or not isinstance(cfg, dict):
+        return None
+    if cfg.get("train") or cfg.get("crop_mode") != "center" or cfg["input_size"][0] != 3:
+        return None
+    if cfg.get("interpolation") not in ("bicubic", "bilinear"):
+        return None
+    return TensorEvalTransform(cfg)
+
+
+def _decoder_works(device: torch.device) -> bool:
+    key = str(device)
+    if key not in _DECODE_OK:
+        try:
+            buf = io.BytesIO()
+            Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "JPEG")
+            decode_jpegs([buf.getvalue()], device)
+            _DECODE_OK[key] = True
+        except Exception:  # no nvJPEG in this torchvision build, or the GPU refuses
+            _DECODE_OK[key] = False
+    return _DECODE_OK[key]
+
+
+def decode_jpegs(datas: Sequence[bytes], device: str | torch.device) -> list[torch.Tensor]:
+    """JPEG file bytes -> uint8 (3, H, W) tensors on ``device``, as one batched call.
+
+    (torchvision 0.29 announces that its decoders will move to TorchCodec; until
+    then this is the batched nvJPEG entry point, and the notice is not repeated.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=torch.device(device)))
+
+
+class TensorEvalTransform:
+    """Resize (shorter side to ``size / crop_pct``, antialiased), centre crop and
+    normalise a uint8 (3, H, W) tensor on whatever device it is on: the evaluation
+    transform of ``create_transform`` for tensors."""
+
+    def __init__(self, cfg: dict):
+        _, self.h, self.w = (int(v) for v in cfg["input_size"])
+        self.scale = tuple(math.floor(s / cfg["crop_pct"]) for s in (self.h, self.w))
+        self.mode = cfg["interpolation"]
+        self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(3, 1, 1) * 255.0
+        self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(3, 1, 1) * 255.0
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        _, h, w = img.shape
+        if self.h == self.w:  # like T.Resize(int): the shorter side, aspect kept
+            short = self.scale[0]
+            size = (short, max(1, int(short * w / h))) if h <= w else (int(short * h / w), short)
+        else:
+            size = self.scale
+        x = F.interpolate(
+            img[None].float(), size=size, mode=self.mode, antialias=True, align_corners=False
+        )[0]
+        x = x.clamp_(0, 255).round_()  # PIL resizes to 8-bit pixels
+        top = round((size[0] - self.h) / 2.0)
+        left = round((size[1] - self.w) / 2.0)
+        x = x[:, top : top + self.h, left : left + self.w]
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """An ``ImageDataset`` whose items are ``(jpeg bytes or None, tensor or None,
+    label)``: the working copy's bytes for large images (decoded later, on the GPU),
+    else the CPU-transformed tensor."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        ds = self.dataset
+        ex = ds.examples[index]
+        img, data = load_working_bytes(ex.path, ex.digest, ds.side, ds.copies)
+        if data is not None:
+            return data, None, ex.label
+        return None, ds.transform(to_channels(img, ds.channels)), ex.label
+
+
+def collate_encoded(items):
+    """Keep bytes as a list (they differ in length); labels as one tensor."""
+    datas = [d for d, _, _ in items]
+    tensors = [t for _, t, _ in items]
+    return datas, tensors, torch.tensor([label for _, _, label in items])
+
+
+def to_batch(
+    batch, transform: TensorEvalTransform, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One collated batch as ``(images on device, labels)``: JPEGs decoded in one
+    call on ``device``, CPU tensors copied from pinned memory without blocking."""
+    datas, tensors, labels = batch
+    out: list[torch.Tensor | None] = [None] * len(datas)
+    jpeg_at = [i for i, d in enumerate(datas) if d is not None]
+    if jpeg_at:
+        decoded = decode_jpegs([datas[i] for i in jpeg_at], device)
+        for i, img in zip(jpeg_at, decoded, strict=True):
+            out[i] = transform(img)
+    for i, t in enumerate(tensors):
+        if t is not None:
+            if device.type == "cuda":
+                t = t.pin_memory()
+            out[i] = t.to(device, non_blocking=True)
+    return torch.stack(out), labels.to(device, non_blocking=True)

@@ -1,0 +1,113 @@
+"""The GPU input path, run on the CPU: selection, batched decode, tensor transform.
+
+``torchvision.io.decode_jpeg`` takes ``device="cpu"`` too, so everything except
+nvJPEG itself runs here; ``create_loader`` picks the path only on CUDA."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_photos_copies import photo
+from transferkit.data import ImageDataset, create_loader, create_transform, gpu, load_data, loaders
+from transferkit.data.copies import CopyCache, working_side
+from transferkit.data.images import open_image
+
+CONFIG = {
+    "input_size": (3, 64, 64),
+    "interpolation": "bicubic",
+    "mean": (0.5, 0.4, 0.3),
+    "std": (0.25, 0.2, 0.3),
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+SIDE = working_side(64, 0.875)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def mixed_folder(root):
+    """Large photos (with working copies) and small ones (used as they are)."""
+    for c in ("a", "b"):
+        for i in range(3):
+            photo(root / c / f"big{i}.jpg", size=(640, 480), seed=i + 3 * (c == "b"))
+        photo(root / c / "small.jpg", size=(200, 150), seed=9 + (c == "b"))
+    return load_data(root, val_split=0)
+
+
+def test_decode_jpegs_matches_pillow(tmp_path):
+    copy = io.BytesIO()
+    Image.open(photo(tmp_path / "p.jpg")).save(copy, "JPEG", quality=95, subsampling=0)
+    (decoded,) = gpu.decode_jpegs([copy.getvalue()], "cpu")
+    pillow = torch.from_numpy(np.array(Image.open(io.BytesIO(copy.getvalue())))).permute(2, 0, 1)
+    assert decoded.dtype == torch.uint8 and decoded.shape == pillow.shape
+    assert (decoded.int() - pillow.int()).abs().max() <= 2
+
+
+def test_tensor_transform_matches_the_pil_eval_transform(tmp_path):
+    img = open_image(photo(tmp_path / "p.jpg", size=(1280, 960)), side=SIDE)
+    pil_tf = create_transform(CONFIG, train=False)
+    expected = pil_tf(img)
+    as_tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    got = gpu.TensorEvalTransform(pil_tf.config)(as_tensor)
+    assert got.shape == expected.shape == (3, 64, 64)
+    assert (got - expected).abs().mean() < 0.02  # resampling rounding, in std units
+
+
+def test_the_gpu_path_is_chosen_only_for_cuda_evaluation(tmp_path, monkeypatch):
+    data = mixed_folder(tmp_path / "photos")
+    evaluation = ImageDataset(data.train, create_transform(CONFIG, train=False))
+    training = ImageDataset(data.train, create_transform(CONFIG, train=True))
+    gray = ImageDataset(
+        data.train, create_transform(dict(CONFIG, input_size=(1, 64, 64)), train=False)
+    )
+    assert not gpu.gpu_decodable(evaluation, "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu, "_decoder_works", lambda device: True)
+    assert gpu.gpu_decodable(evaluation, "cuda")
+    assert not gpu.gpu_decodable(training, "cuda")  # random crops per image: CPU workers
+    assert not gpu.gpu_decodable(gray, "cuda")
+    assert not gpu.gpu_decodable(ImageDataset(data.train), "cuda")  # no transform
+    monkeypatch.setattr(gpu, "_decoder_works", lambda device: False)  # no nvJPEG
+    assert not gpu.gpu_decodable(evaluation, "cuda")
+
+
+def test_gpu_batches_match_the_cpu_loader(tmp_path, monkeypatch):
+    data = mixed_folder(tmp_path / "photos")
+    dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
+    cpu_x, cpu_y = next(iter(create_loader(dataset, batch_size=len(dataset))))
+    monkeypatch.setattr(loaders, "gpu_decodable", lambda ds, device: True)
+    loader = create_loader(dataset, batch_size=len(dataset), device="cpu")
+    assert isinstance(loader.dataset, gpu.EncodedDataset)
+    datas, tensors, _ = next(
+        iter(
+            torch.utils.data.DataLoader(
+                loader.dataset, batch_size=len(dataset), collate_fn=gpu.collate_encoded
+            )
+        )
+    )
+    assert sum(d is not None for d in datas) == 6 and sum(t is not None for t in tensors) == 2
+    x, y = next(iter(loader))
+    assert torch.equal(y, cpu_y) and x.shape == cpu_x.shape
+    assert (x - cpu_x).abs().mean() < 0.02
+
+
+def test_gpu_batches_read_the_copies_the_scan_made(tmp_path, monkeypatch):
+    data = mixed_folder(tmp_path / "photos")
+    dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
+    cache = CopyCache()
+    large = [ex for ex in data.train if "big" in ex.path]
+    assert all(cache.has(ex.digest, SIDE) for ex in large)
+    for ex in large:
+        with open(ex.path, "r+b") as f:
+            f.truncate(100)
+    monkeypatch.setattr(loaders, "gpu_decodable", lambda ds, device: True)
+    x, _ = next(iter(create_loader(dataset, batch_size=len(dataset), device="cpu")))
+    assert torch.isfinite(x).all()
