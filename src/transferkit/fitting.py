@@ -159,11 +159,15 @@ def _check_same_data(run: Run | None, record: dict, collective) -> None:
 def _load_data(data, config: FitConfig, collective):
     """Rank 0 scans first: its verdict cache spares the others the decoding, and with
     every verdict a hit they have nothing to write."""
-    from .data import load_data
+    from .data import ScanOptions, load_data
+    from .data.copies import working_side
 
+    # the scan makes each large image's working copy in the decode that verifies it:
+    # at the size this fit needs when it is known (else the default, for up to 224 px)
+    scan = ScanOptions(copy_side=working_side(config.image_size)) if config.image_size else None
     if not collective.is_main:
         collective.barrier()
-    splits = load_data(data, val_split=config.val_split, seed=config.seed)
+    splits = load_data(data, val_split=config.val_split, seed=config.seed, scan=scan)
     if collective.is_main:
         collective.barrier()
     for warning in splits.report.warnings:

@@ -84,6 +84,9 @@ def model_key(
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
         "image_size": image_size,
         "representation": representation,
+        # large images are read from their working copies (data/copies.py), which
+        # changes their pixels slightly: features from full decodes are not reused
+        "decode": "working-copy-1",
     }
     if precision != "fp32":
         desc["precision"] = precision

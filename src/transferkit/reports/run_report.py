@@ -132,10 +132,12 @@ def _image_or_none(path: str | None):
     Why not fail: a report rebuilt on another machine, or after the data was tidied,
     should still show everything else; the grid says "image unavailable".
     """
+    from .plots import THUMBNAIL_PX
+
     if not path or not os.path.isfile(path):
         return None
     try:
-        return open_image(path, channels=3)
+        return open_image(path, channels=3, side=THUMBNAIL_PX)  # not a 12 MP decode
     except InputError:
         return None
 
