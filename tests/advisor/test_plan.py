@@ -252,3 +252,30 @@ def test_candidates_past_the_time_budget_are_listed_as_not_compared(monkeypatch)
     first, *rest = refined.candidates
     assert first["cut"] == "b" and "cv_accuracy" in first and refined.cut == "b"
     assert rest and all(r["skipped"].startswith("not compared") for r in rest)
+
+
+def test_candidates_that_tie_in_accuracy_keep_the_probes_cut():
+    """Every candidate separates these classes perfectly; log-loss alone would pick
+    the candidate with the most features, not the cut the probe chose."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from transferkit.advisor.plan import compare_features_by_cv
+
+    rng = np.random.default_rng(3)
+    m = _measured(
+        low=lambda y: rng.normal(size=(len(y), 6)) * 0.1 + np.eye(3, 6)[y] * 9,
+        top=lambda y: rng.normal(size=(len(y), 6)) * 0.1 + np.eye(3, 6)[y] * 3,
+    )
+    refined = compare_features_by_cv(
+        m,
+        _small_decision("top", top=1.0, low=1.0),
+        SimpleNamespace(classes=list("xyz")),
+        0,
+        joinable=True,
+    )
+    table = {r["cut"]: r for r in refined.candidates}
+    assert {r["cv_accuracy"] for r in table.values()} == {1.0}
+    assert min(table, key=lambda c: table[c]["cv_log_loss"]) != "top"  # would have won
+    assert refined.cut == "top" and "top stays best" in refined.reason

@@ -216,8 +216,10 @@ def compare_features_by_cv(
     y = torch.tensor([e.label for e in m.examples])
     rows = _score_candidates(m, y, len(splits.classes), _candidate_cuts(decision, joinable), seed)
     scored = [r for r in rows if r.get("cv_accuracy") is not None]
+    # ties in accuracy keep the probe's cut: on data every candidate separates
+    # perfectly, log-loss would favour whichever features are easiest to overfit
     best = max(
-        scored, key=lambda r: (r["cv_accuracy"], -r["cv_log_loss"], r["cut"] == decision.cut)
+        scored, key=lambda r: (r["cv_accuracy"], r["cut"] == decision.cut, -r["cv_log_loss"])
     )
     why = _why_features(best, decision, scored, len(y))
     return dataclasses.replace(
