@@ -27,8 +27,10 @@ photos (is decoding the bottleneck?) and stays as it is.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -125,6 +127,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     load_start = round(os.getloadavg()[0], 2)
     work = Path(tempfile.mkdtemp(prefix="tk-throughput-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # data, caches: not kept
     os.environ["TRANSFERKIT_CACHE_DIR"] = str(work / "cache")
     os.environ.setdefault("TRANSFERKIT_PROGRESS", "0")
     from transferkit.backbones import create_backbone
