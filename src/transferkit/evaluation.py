@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .calibration import rescale
 from .data.scanning import ScanOptions, verify_files
 from .data.sources import resolve_source
 from .data.splits import remove_leaks
 from .errors import InputError
 from .predict import Predictor, load_predictor
-from .reports.metrics import Metrics, compute_metrics
+from .reports.metrics import Metrics, compute_metrics, expected_calibration_error
 
 
 @dataclass
@@ -42,6 +43,9 @@ class Evaluation:
         data: the DATA argument.
         model: what made the predictions (``"run runs/cats"``, ``"onnx cats.onnx"``).
         skipped: files not evaluated, as ``{"path", "reason"}``.
+        temperature: the model's calibration temperature (1.0: uncalibrated).
+        ece_uncalibrated: the calibration error of the same images before
+            temperature scaling (``metrics.ece`` is the calibrated model's).
     """
 
     metrics: Metrics
@@ -49,11 +53,20 @@ class Evaluation:
     data: str
     model: str
     skipped: list[dict] = field(default_factory=list)
+    temperature: float = 1.0
+    ece_uncalibrated: float | None = None
 
     def to_dict(self) -> dict:
-        """The metrics' own fields first, then where they come from."""
+        """The metrics' own fields first (``ece_uncalibrated`` and ``temperature``
+        right after ``ece``), then where they come from."""
+        metrics = {}
+        for key, value in self.metrics.to_dict().items():
+            metrics[key] = value
+            if key == "ece":
+                metrics["ece_uncalibrated"] = self.ece_uncalibrated
+                metrics["temperature"] = self.temperature
         return {
-            **self.metrics.to_dict(),
+            **metrics,
             "split": self.split,
             "data": self.data,
             "model": self.model,
@@ -100,7 +113,9 @@ def evaluate_predictor(
     label_of = dict(zip(paths, labels, strict=True))
     y = np.array([label_of[p] for p in done], dtype=np.int64)
     metrics = compute_metrics(probs, y, predictor.classes, top_k=top_k)
-    return Evaluation(metrics, split, _name(data), predictor.source, skipped)
+    temperature = predictor.temperature
+    before = expected_calibration_error(rescale(probs, 1 / temperature), y)
+    return Evaluation(metrics, split, _name(data), predictor.source, skipped, temperature, before)
 
 
 def evaluation_examples(data, classes: list[str]) -> tuple[list[str], list[int], str, list[dict]]:

@@ -154,6 +154,8 @@ def export_model(
     diff, bound, runtime = _export_checked(model, out, format, interface.shape, opset, tolerance)
     result = ExportResult(out, sidecar_path(out), format, diff, bound, VERIFY_BATCH_SIZES, runtime)
     meta = _sidecar(result, interface, _preprocessing(preprocessing, transform), source, opset)
+    # the graph's logits are already divided by the head's calibration temperature
+    meta["temperature"] = float(getattr(getattr(model, "head", None), "temperature", 1.0))
     atomic_write_text(result.sidecar, json.dumps(meta, indent=2))
     return result
 

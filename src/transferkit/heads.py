@@ -87,9 +87,24 @@ class ClassifierHead(nn.Module):
             width = self.config.hidden
         layers.append(nn.Linear(width, 1 if self.binary else num_classes))
         self.layers = nn.Sequential(*layers)
+        # temperature scaling (transferkit.calibration): 1.0 while training, fitted on
+        # held-out images after it; saved with the weights, so predict, the Python API
+        # and exported models all divide by it
+        self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        return self.layers(x) / self.temperature
+
+    def set_temperature(self, value: float) -> None:
+        """Divide the logits by ``value`` from now on (1.0: uncalibrated)."""
+        if not value > 0:
+            raise InputError(f"temperature must be > 0, got {value}")
+        self.temperature.fill_(float(value))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights saved before temperature scaling existed carry none: 1.0
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def loss(
         self,

@@ -104,6 +104,9 @@ class Predictor:
         binary: one logit with a sigmoid (two classes) rather than K with a softmax.
         source: what the predictions come from, for messages ("run runs/cats", ...).
         batch_size: images per forward pass.
+        temperature: the calibration temperature the logits are already divided by
+            (1.0: uncalibrated); recorded so the uncalibrated probabilities can be
+            recovered (``transferkit.calibration.rescale(p, 1 / temperature)``).
     """
 
     classes: list[str]
@@ -112,6 +115,7 @@ class Predictor:
     binary: bool
     source: str
     batch_size: int = 64
+    temperature: float = 1.0
 
     @property
     def channels(self) -> int:
@@ -156,6 +160,7 @@ class Predictor:
             binary=bool(model.head.binary),
             source="fitted model",
             batch_size=batch_size,
+            temperature=float(getattr(model.head, "temperature", 1.0)),
         )
 
     def predict_proba(self, images: Sequence) -> np.ndarray:
@@ -486,4 +491,5 @@ def _from_sidecar(meta: dict, logits_fn: LogitsFn, source: str, batch_size: int)
         binary=bool(meta["binary"]),
         source=source,
         batch_size=batch_size,
+        temperature=float(meta.get("temperature", 1.0)),
     )

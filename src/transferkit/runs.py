@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from safetensors.torch import load_file
 from torch import nn
 
@@ -25,6 +26,7 @@ from ._version import __version__
 from .atomic import atomic_write_text, file_sha256, fsync_dir, save_tensors
 from .backbones import rebuild_backbone
 from .backbones.base import Backbone, weights_digest
+from .calibration import calibration_fields
 from .errors import InputError
 from .heads import ClassifierHead, HeadConfig, TransferModel
 from .run_files import (  # re-exported: the names and formats of a run's files
@@ -74,6 +76,7 @@ def save_run(
     for name in (CONFIG, DATA_REPORT, PREDICTIONS):
         (run / name).unlink(missing_ok=True)
     save_tensors(run / WEIGHTS, model.state_dict(), metadata={"format": "transferkit-run"})
+    metrics = {**calibration_record(model, predictions), **metrics}
     atomic_write_text(run / METRICS, to_json(metrics))
     atomic_write_text(run / HISTORY, history_csv(history))
     if data_report is not None:
@@ -85,6 +88,23 @@ def save_run(
     atomic_write_text(run / CONFIG, to_json(_run_config(model, classes, fit_config, run)))
     fsync_dir(run)
     return run
+
+
+def calibration_record(model: TransferModel, predictions: list[dict] | None) -> dict:
+    """metrics.json's calibration fields: the head's ``temperature``, and ``ece``
+    and ``ece_uncalibrated`` on the images the report evaluates (the test split when
+    there is one, else validation; ``ece_split`` says which), from the prediction
+    rows (calibrated probabilities) and the temperature."""
+    temperature = float(getattr(model.head, "temperature", 1.0))
+    record: dict = {"temperature": temperature}
+    rows = predictions or []
+    split = "test" if any(r["split"] == "test" for r in rows) else "val"
+    rows = [r for r in rows if r["split"] == split]
+    if rows:
+        probs = np.array([r["probs"] for r in rows], dtype=np.float64)
+        labels = np.array([int(r["label"]) for r in rows])
+        record.update(calibration_fields(probs, labels, temperature), ece_split=split)
+    return record
 
 
 def _run_config(model: TransferModel, classes, fit_config: dict, run: Path) -> dict:

@@ -21,10 +21,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .advisor import AdviceStore, Plan, make_plan
 from .backbones import recut_backbone
+from .calibration import fit_temperature, log_probabilities, rescale
 from .config import FitConfig
 from .errors import InputError, TransferkitError
 from .features import FeatureCache, representation_for
@@ -52,6 +54,8 @@ class TrainResult:
             included (rank 0 only; empty elsewhere).
         feature_cache: the cache's hits, extractions and rebuilt shards while training
             (the final evaluation's lookups not included).
+        calibration: the temperature fitted on the held-out images (see
+            :func:`calibrate`), how many chose it and, when it is 1.0 unfitted, why.
     """
 
     model: TransferModel
@@ -64,6 +68,7 @@ class TrainResult:
     evaluations: dict = field(default_factory=dict)
     feature_cache: dict = field(default_factory=dict)
     selection: dict | None = None
+    calibration: dict = field(default_factory=dict)
 
 
 def train(
@@ -101,6 +106,8 @@ def train(
     # bit-identical predictions.
     result.model.to(memory_format=torch.contiguous_format).eval()
     cache_stats = vars(features.stats).copy()  # what training used, before evaluation
+    evaluations = _evaluate_splits(inputs, result)
+    calibration = calibrate(result.model, evaluations, inputs.runtime.collective)
     return TrainResult(
         model=result.model,
         config=inputs.config,
@@ -109,10 +116,46 @@ def train(
         phases=result.phases,
         history=list(history.rows),
         frozen_base=result.frozen_base,
-        evaluations=_evaluate_splits(inputs, result),
+        evaluations=evaluations,
         feature_cache=cache_stats,
         selection=result.selection,
+        calibration=calibration,
     )
+
+
+def calibrate(model: TransferModel, evaluations: dict, collective=None) -> dict:
+    """Temperature scaling after training: fit T on the validation split's held-out
+    probabilities (out-of-fold ones when validation was trained on), set it on the
+    model's head, and rescale the probabilities of ``evaluations`` in place to what
+    the calibrated model predicts (accuracy cannot change; the loss stays the
+    training objective's, as in the history). Rank 0 fits; under
+    torchrun every process gets its temperature. Returns the record for metrics.json."""
+    fitted = None
+    if collective is None or collective.is_main:
+        val = evaluations.get("val")
+        if val is None:
+            fitted = fit_temperature(np.zeros((0, 0)), np.zeros(0))
+        else:
+            fitted = fit_temperature(log_probabilities(val.probabilities), val.labels)
+        log.info(
+            "calibration: temperature %.3f%s",
+            fitted.temperature,
+            f" ({fitted.reason})" if fitted.reason else f" from {fitted.images} held-out images",
+        )
+        fitted = vars(fitted)
+    if collective is not None and collective.active:
+        fitted = collective.broadcast_json(fitted)
+    model.head.set_temperature(fitted["temperature"])
+    for ev in evaluations.values():
+        _rescale_evaluation(ev, fitted["temperature"])
+    return fitted
+
+
+def _rescale_evaluation(ev, temperature: float) -> None:
+    if temperature == 1.0 or ev.probabilities is None:
+        return
+    probs = rescale(ev.probabilities.double().numpy(), temperature)
+    ev.probabilities = torch.from_numpy(probs).to(ev.probabilities.dtype)
 
 
 def check_settings(backbone, config: FitConfig, compute=None):
