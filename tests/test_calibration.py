@@ -52,8 +52,8 @@ def test_an_underconfident_model_is_sharpened_and_the_bounds_hold():
     logits, labels = _overconfident()
     fit = fit_temperature(logits / 40, labels)  # the same model, far too unsure
     assert fit.temperature < 1
-    always_wrong = np.eye(3)[[1, 2, 0, 1]] * 5.0
-    top = fit_temperature(always_wrong, np.array([0, 1, 2, 0])).temperature
+    always_wrong = np.tile(np.eye(3)[[1, 2, 0, 1]] * 5.0, (10, 1))
+    top = fit_temperature(always_wrong, np.tile([0, 1, 2, 0], 10)).temperature
     assert top == pytest.approx(MAX_TEMPERATURE)
 
 
@@ -61,11 +61,15 @@ def test_nothing_to_fit_on_gives_one_with_the_reason():
     none = fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int))
     assert (none.temperature, none.images) == (1.0, 0)
     assert "no held-out images" in none.reason
-    one = fit_temperature(np.random.default_rng(0).normal(size=(5, 3)), np.zeros(5, dtype=int))
+    one = fit_temperature(np.random.default_rng(0).normal(size=(40, 3)), np.zeros(40, dtype=int))
     assert one.temperature == 1.0 and "one class" in one.reason
     # every one right: the NLL falls all the way to T = 0, there is nothing to fit
-    perfect = fit_temperature(np.eye(3)[[0, 1, 2, 0]] * 5.0, np.array([0, 1, 2, 0]))
+    perfect = fit_temperature(np.tile(np.eye(3) * 5.0, (12, 1)), np.tile([0, 1, 2], 12))
     assert perfect.temperature == 1.0 and "predicted right" in perfect.reason
+    # a handful of images: a temperature from them would be noise
+    logits, labels = _overconfident(n=12)
+    few = fit_temperature(logits, labels)
+    assert few.temperature == 1.0 and "too few" in few.reason and few.images == 12
 
 
 def test_probabilities_of_a_binary_head_calibrate_like_its_logit():
@@ -118,8 +122,8 @@ def test_a_run_saved_before_calibration_loads_with_temperature_one(trained, tmp_
 @pytest.fixture(scope="module")
 def noisy_run(tmp_path_factory):
     """Random-noise images in three classes: a model that cannot be right more than
-    by chance, fitted on small data (validation pooled, out-of-fold predictions),
-    so its held-out predictions hold mistakes to calibrate on."""
+    by chance, so its 30 held-out predictions (enough to fit a temperature on) hold
+    mistakes to calibrate on."""
     from PIL import Image
 
     from helpers import FAST_FIT
@@ -129,7 +133,7 @@ def noisy_run(tmp_path_factory):
     rng = np.random.default_rng(0)
     for c in ("a", "b", "c"):
         (root / "data" / c).mkdir(parents=True)
-        for i in range(6):
+        for i in range(50):
             pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / "data" / c / f"{i}.png")
     clf = TransferClassifier(
@@ -142,7 +146,7 @@ def noisy_run(tmp_path_factory):
 def test_fit_stores_the_temperature_and_metrics_json_reports_ece_before_and_after(noisy_run):
     clf, run = noisy_run
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["temperature"] != 1.0  # fitted on the out-of-fold predictions
+    assert metrics["temperature"] != 1.0  # fitted on the 30 validation images
     assert metrics["temperature"] == pytest.approx(float(load_run(run).model.head.temperature))
     assert metrics["ece_split"] == "val"
     assert metrics["ece"] != metrics["ece_uncalibrated"]

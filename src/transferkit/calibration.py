@@ -32,6 +32,9 @@ from .reports.metrics import expected_calibration_error
 
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
+# a temperature from a handful of images is noise (3 out-of-fold images gave T = 0.1,
+# which made the expected calibration error worse): below this, none is fitted
+MIN_IMAGES = 30
 
 
 @dataclass
@@ -51,14 +54,18 @@ def fit_temperature(logits, labels) -> TemperatureFit:
         logits: ``(N, K)`` logits (or log-probabilities) of held-out images.
         labels: ``(N,)`` their class indices.
 
-    Returns 1.0 with the reason when there is nothing to fit on: no held-out images,
-    all of them of one class, or every one of them predicted right (the NLL then
-    falls all the way to T = 0: no minimum, and no evidence of over-confidence).
+    Returns 1.0 with the reason when there is nothing to fit on: no held-out images or
+    fewer than ``MIN_IMAGES``, all of them of one class, or every one of them
+    predicted right (the NLL then falls all the way to T = 0: no minimum, and no
+    evidence of over-confidence).
     """
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     if z.ndim != 2 or len(z) == 0:
         return TemperatureFit(1.0, 0, "no held-out images to fit it on")
+    if len(z) < MIN_IMAGES:
+        reason = f"{len(z)} held-out images are too few to fit it on (at least {MIN_IMAGES})"
+        return TemperatureFit(1.0, len(z), reason)
     if len(torch.unique(y)) < 2:
         return TemperatureFit(1.0, len(y), "the held-out images are all of one class")
     if bool((z.argmax(1) == y).all()):

@@ -215,6 +215,11 @@ def _metrics(result: TrainResult, splits) -> dict:
         metrics["decision"] = result.plan.decision.to_dict()
     if result.selection is not None:
         metrics["selection"] = result.selection
+    if result.calibration:  # the temperature, and what it was fitted on (or why not)
+        metrics["temperature"] = result.calibration["temperature"]
+        metrics["calibration_images"] = result.calibration["images"]
+        if result.calibration.get("reason"):
+            metrics["calibration_reason"] = result.calibration["reason"]
     return metrics
 
 
