@@ -228,3 +228,17 @@ def test_exported_onnx_gives_predicts_calibrated_probabilities(trained, tmp_path
     # and they are the calibrated ones, not the raw model's
     raw = rescale(from_run, 1 / temperature)
     assert np.abs(raw - from_run).max() > 1e-3
+
+
+def test_no_temperature_from_validation_that_was_trained_on(tmp_path, data):
+    """Small data: validation pooled into the cross-validated head, its out-of-fold
+    probabilities come from the fold models, not the final one: T stays 1."""
+    from helpers import FAST_FIT
+    from transferkit.estimator import TransferClassifier
+
+    clf = TransferClassifier(
+        "test_resnet", "feature-extract", weights="none", cache_dir=str(tmp_path), **FAST_FIT
+    ).fit(data, run_dir=tmp_path / "run")
+    assert clf.metrics_["selection"]["validation_pooled"] is True
+    assert clf.metrics_["temperature"] == 1.0
+    assert "trained on" in clf.metrics_["calibration_reason"]
