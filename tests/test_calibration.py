@@ -242,3 +242,37 @@ def test_no_temperature_from_validation_that_was_trained_on(tmp_path, data):
     assert clf.metrics_["selection"]["validation_pooled"] is True
     assert clf.metrics_["temperature"] == 1.0
     assert "trained on" in clf.metrics_["calibration_reason"]
+
+
+def test_the_report_shows_calibration_with_a_reliability_diagram(noisy_run):
+    """A run with a fitted temperature: the Calibration section says ECE before and
+    after, and embeds the reliability diagram; its 'before' probabilities are the
+    uncalibrated model's."""
+    from transferkit.reports.html import _uncalibrated
+    from transferkit.reports.run_report import run_report_content, write_run_report
+
+    _, run = noisy_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    content = run_report_content(run)
+    r = content["reliability"]
+    assert r["temperature"] == pytest.approx(metrics["temperature"]) != 1.0
+    before = _uncalibrated(r["probabilities"], r["temperature"])
+    np.testing.assert_allclose(before, rescale(r["probabilities"], 1 / r["temperature"]), atol=1e-9)
+    page = write_run_report(run).read_text()
+    section = page[page.index('<section id="calibration">') :]
+    section = section[: section.index("</section>")]
+    assert f"{metrics['ece_uncalibrated']:.4g} before" in section and "after" in section
+    assert 'alt="reliability diagram before and after calibration"' in section
+
+
+def test_the_report_says_why_no_temperature_was_fitted(tmp_path, data):
+    from helpers import FAST_FIT
+    from transferkit.estimator import TransferClassifier
+
+    TransferClassifier(
+        "test_resnet", "feature-extract", weights="none", cache_dir=str(tmp_path), **FAST_FIT
+    ).fit(data, run_dir=tmp_path / "run")
+    page = (tmp_path / "run" / "report.html").read_text()
+    section = page[page.index('<section id="calibration">') :]
+    assert "No temperature was fitted (the validation images were trained on" in section
+    assert "reliability diagram" not in section[: section.index("</section>")]

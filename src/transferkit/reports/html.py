@@ -14,12 +14,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .._version import __version__
 from . import sections as s
 from .history import phase_change_epoch
 from .metrics import Metrics
 from .overfitting import overfitting_gap
-from .plots import plot_confusion, plot_curves, plot_mistakes, plot_per_class
+from .plots import (
+    plot_confusion,
+    plot_curves,
+    plot_mistakes,
+    plot_per_class,
+    plot_reliability,
+)
 from .stats import as_count
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -70,6 +78,9 @@ class ReportContent:
         mistakes: ``{"image": PIL.Image | None, "true", "pred", "confidence", "path"}``
             per mistake, most confident first (``most_confident_mistakes``).
         unfreeze_epoch: first fine-tune epoch; when None, found where the phase changes.
+        reliability: ``{"probabilities", "labels", "temperature", "split", "ece",
+            "ece_uncalibrated", "reason"}``: the evaluated images' calibrated
+            probabilities and what calibration did (the Calibration section).
         record: the run's ``metrics.json``: its ``phases`` say which epoch's weights were
             saved and how long each phase took; ``val_accuracy``/``test_accuracy`` and
             ``n_val``/``n_test`` are the saved model's headline numbers, shown with their
@@ -86,6 +97,7 @@ class ReportContent:
     mistakes: Sequence[Mapping] | None = None
     unfreeze_epoch: int | None = None
     record: Mapping | None = None
+    reliability: Mapping | None = None
 
     def __post_init__(self) -> None:
         self.history = list(self.history or [])
@@ -133,7 +145,21 @@ def render_figures(content: ReportContent) -> dict[str, bytes]:
         m = content.metrics
         figures["confusion.png"] = plot_confusion(m.confusion, m.classes)
         figures["per_class.png"] = plot_per_class(m)
+    r = content.reliability
+    if r is not None and r.get("temperature", 1.0) != 1.0:
+        after = np.asarray(r["probabilities"], dtype=float)
+        before = _uncalibrated(after, r["temperature"])
+        figures["reliability.png"] = plot_reliability(before, after, np.asarray(r["labels"]))
     return figures
+
+
+def _uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The probabilities before temperature scaling: softmax(log p * T) (softmax is
+    unchanged by a per-row constant, so log-probabilities stand in for logits)."""
+    z = np.log(np.clip(probs, 1e-300, None)) * temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def write_report(
@@ -235,6 +261,9 @@ def _sections(
             c.metrics, figures.get("confusion.png"), figures.get("per_class.png")
         )
         parts.append(("evaluation", "Evaluation", body))
+    if c.reliability is not None:
+        body = s.calibration_section(c.reliability, figures.get("reliability.png"))
+        parts.append(("calibration", "Calibration", body))
     if c.mistakes is not None:
         parts.append(("mistakes", "Most confident mistakes", s.mistakes_section(c.mistakes)))
     if c.data_report is not None:

@@ -205,6 +205,41 @@ def plot_per_class(metrics: Metrics) -> bytes:
     return _png(fig)
 
 
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15):
+    """Per confidence bin (equal width, as the ECE's): mean confidence, accuracy and
+    count, for the bins that hold images."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], confidence, side="left")
+    rows = []
+    for b in np.unique(which):
+        in_bin = which == b
+        rows.append((confidence[in_bin].mean(), correct[in_bin].mean(), int(in_bin.sum())))
+    return rows
+
+
+def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray) -> bytes:
+    """Reliability diagram: accuracy against confidence per bin, before and after
+    temperature scaling; on the diagonal, "90% sure" is right 90% of the time."""
+    fig = Figure(figsize=(5.5, 4.5), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for probs, color, name in ((before, VAL_COLOR, "before"), (after, TRAIN_COLOR, "after")):
+        rows = reliability_bins(probs, labels)
+        conf, acc, n = (np.array(c) for c in zip(*rows, strict=True))
+        sizes = 12 + 120 * n / n.max()
+        ax.plot(conf, acc, color=color, alpha=0.6)
+        ax.scatter(conf, acc, s=sizes, color=color, alpha=0.8, label=f"{name} calibration")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top probability), binned")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("Reliability (marker size: images in the bin)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _png(fig)
+
+
 def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> Image.Image:
     """A copy no larger than ``size`` px a side, in a mode PNG and matplotlib both show."""
     img = image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")

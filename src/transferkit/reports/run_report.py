@@ -73,6 +73,25 @@ def run_report_content(run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MI
         "mistakes": mistakes,
         "unfreeze_epoch": unfreeze_epoch(history),
         "record": metrics_json or None,
+        "reliability": _reliability(rows, classes, split, metrics_json),
+    }
+
+
+def _reliability(rows, classes, split, metrics_json: dict) -> dict | None:
+    """The evaluated images' calibrated probabilities and what calibration did, for
+    the Calibration section; None for a run from before calibration existed."""
+    if "temperature" not in metrics_json or not rows:
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [r for r in rows if r.get("label") in index]
+    return {
+        "probabilities": np.array([r["probs"] for r in rows], dtype=float),
+        "labels": np.array([index[r["label"]] for r in rows], dtype=np.int64),
+        "temperature": float(metrics_json["temperature"]),
+        "split": split,
+        "ece": metrics_json.get("ece"),
+        "ece_uncalibrated": metrics_json.get("ece_uncalibrated"),
+        "reason": metrics_json.get("calibration_reason"),
     }
 
 

@@ -357,6 +357,31 @@ def _selection_row(c: Mapping, kept: bool) -> str:
     return f"<tr{attr}><td>{name}</td><td>{score}</td><td>{_num(c.get('cv_log_loss'))}</td></tr>"
 
 
+def calibration_section(reliability: Mapping, figure: bytes | None) -> str:
+    """Temperature scaling: the temperature, ECE before and after, and the
+    reliability diagram (or why no temperature was fitted)."""
+    t = reliability.get("temperature", 1.0)
+    split = reliability.get("split") or "evaluation"
+    before, after = reliability.get("ece_uncalibrated"), reliability.get("ece")
+    if t == 1.0:
+        why = reliability.get("reason") or "none was fitted"
+        text = (
+            f"No temperature was fitted ({why}): the probabilities are the model's own. "
+            f"Expected calibration error on the {split} images: {_num(after)}."
+        )
+    else:
+        text = (
+            f"The logits are divided by a temperature of {_num(t)}, fitted on held-out "
+            f"validation predictions; it changes confidence, never the predicted class. "
+            f"Expected calibration error on the {split} images: {_num(before)} before, "
+            f"{_num(after)} after."
+        )
+    body = f'<p class="callout info">{esc(text)}</p>'
+    if figure is not None:
+        body += img_tag(figure, "reliability diagram before and after calibration")
+    return body
+
+
 def timings_section(timings: Mapping) -> str:
     """Wall-clock times (values in seconds) in human units."""
     cells = {k: _duration(v) if _is_number(v) else value_html(v) for k, v in timings.items()}
