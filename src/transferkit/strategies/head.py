@@ -54,7 +54,7 @@ def train_head(inputs: TrainingInputs) -> tuple[ClassifierHead, PhaseResult]:
     if collective.is_main:  # the others wait: a head on features takes seconds
         result = _fit_head(inputs, head, x_train, x_val)
     if collective.active:
-        result = _share_head(inputs, head, result)
+        result = share_head(inputs, head, result)
     if not has_validation(inputs):
         log.info("head: %d epochs, the last kept (no validation images)", result.epochs_run)
     else:
@@ -100,7 +100,7 @@ def _fit_head(inputs: TrainingInputs, head: ClassifierHead, x_train, x_val) -> P
     return kept_last(inputs, result)
 
 
-def _share_head(inputs: TrainingInputs, head: ClassifierHead, result: PhaseResult | None):
+def share_head(inputs: TrainingInputs, head: ClassifierHead, result: PhaseResult | None):
     """Rank 0's trained head, phase result and history rows, in every process."""
     c = inputs.runtime.collective
     head.load_state_dict(c.broadcast_tensors(head.state_dict() if c.is_main else None))

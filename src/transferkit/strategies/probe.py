@@ -29,6 +29,7 @@ from ..freezing import freeze, set_bn_policy
 from ..heads import ClassifierHead, create_head
 from ..training import Evaluation, PhaseResult, stateful
 from .base import TrainingInputs, cached_features, labels_of
+from .head import share_head
 
 log = logging.getLogger("transferkit")
 
@@ -117,30 +118,19 @@ def _select_and_fit(inputs: TrainingInputs, head, x, pooled: bool, views) -> Sel
 
 
 def _share(inputs: TrainingInputs, head, mine: SelectedHead | None) -> SelectedHead:
-    """Rank 0's head, phase, history row, selection and validation evaluation, in
-    every process."""
+    """Rank 0's head, phase and history row (as :func:`~.head.share_head` hands over
+    an epoch-trained head), then its selection and validation evaluation, in every
+    process."""
     c = inputs.runtime.collective
-    tensors = None
-    if c.is_main:
-        tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
-        if mine.val is not None:
-            tensors["val.probabilities"] = mine.val.probabilities
-    tensors = c.broadcast_tensors(tensors)
-    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    phase = share_head(inputs, head, mine.phase if c.is_main else None)
     head = head.to(inputs.device).eval()
-    history = stateful(inputs.callbacks).get("history")
-    rows = history.rows if history is not None else []
-    doc = None
-    if c.is_main:
-        doc = {"phase": mine.phase.to_dict(), "selection": mine.selection, "history": rows}
-    doc = c.broadcast_json(doc)
-    if history is not None:
-        history.rows[:] = doc["history"]
+    selection = c.broadcast_json(mine.selection if c.is_main else None)
+    has_val = c.broadcast_json(c.is_main and mine.val is not None)
     val = None
-    if "val.probabilities" in tensors:
-        probs, labels = tensors["val.probabilities"], labels_of(inputs.splits.val)
-        val = _evaluation(probs, labels)
-    return SelectedHead(head, PhaseResult(**doc["phase"]), doc["selection"], val)
+    if has_val:
+        tensors = c.broadcast_tensors({"p": mine.val.probabilities} if c.is_main else None)
+        val = _evaluation(tensors["p"], labels_of(inputs.splits.val))
+    return SelectedHead(head, phase, selection, val)
 
 
 def _sample_weight(inputs: TrainingInputs, y: torch.Tensor):
