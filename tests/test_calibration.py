@@ -248,7 +248,7 @@ def test_the_report_shows_calibration_with_a_reliability_diagram(noisy_run):
     """A run with a fitted temperature: the Calibration section says ECE before and
     after, and embeds the reliability diagram; its 'before' probabilities are the
     uncalibrated model's."""
-    from transferkit.reports.html import _uncalibrated
+    from transferkit.reports.metrics import expected_calibration_error
     from transferkit.reports.run_report import run_report_content, write_run_report
 
     _, run = noisy_run
@@ -256,8 +256,11 @@ def test_the_report_shows_calibration_with_a_reliability_diagram(noisy_run):
     content = run_report_content(run)
     r = content["reliability"]
     assert r["temperature"] == pytest.approx(metrics["temperature"]) != 1.0
-    before = _uncalibrated(r["probabilities"], r["temperature"])
-    np.testing.assert_allclose(before, rescale(r["probabilities"], 1 / r["temperature"]), atol=1e-9)
+    # the diagram's "before": the uncalibrated probabilities whose ECE metrics.json has
+    # (from predictions.csv, whose probabilities are rounded)
+    before = rescale(r["probabilities"], 1 / r["temperature"])
+    ece_before = expected_calibration_error(before, r["labels"])
+    assert ece_before == pytest.approx(metrics["ece_uncalibrated"], abs=1e-6)
     page = write_run_report(run).read_text()
     section = page[page.index('<section id="calibration">') :]
     section = section[: section.index("</section>")]

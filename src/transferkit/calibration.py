@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .reports.metrics import expected_calibration_error
+from .reports.metrics import expected_calibration_error, log_probabilities, rescale
 
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
@@ -98,23 +98,6 @@ def _golden_section(f, lo: float, hi: float, tol: float = 1e-6) -> float:
             d = a + ratio * (b - a)
             fd = f(d)
     return (a + b) / 2
-
-
-def log_probabilities(probabilities) -> np.ndarray:
-    """``log p`` in float64, used as logits (a probability of 0 becomes a very
-    negative logit rather than -inf)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    return np.log(np.clip(p, 1e-300, None))
-
-
-def rescale(probabilities, temperature: float) -> np.ndarray:
-    """The probabilities of the same logits at ``temperature`` relative to the ones
-    given: ``softmax(log p / T)``. ``rescale(p_calibrated, 1 / T)`` recovers the
-    uncalibrated probabilities of a model calibrated at ``T``."""
-    z = log_probabilities(probabilities) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def calibration_fields(probabilities, labels, temperature: float) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 from .._version import __version__
 from . import sections as s
 from .history import phase_change_epoch
-from .metrics import Metrics
+from .metrics import Metrics, rescale
 from .overfitting import overfitting_gap
 from .plots import (
     plot_confusion,
@@ -148,18 +148,9 @@ def render_figures(content: ReportContent) -> dict[str, bytes]:
     r = content.reliability
     if r is not None and r.get("temperature", 1.0) != 1.0:
         after = np.asarray(r["probabilities"], dtype=float)
-        before = _uncalibrated(after, r["temperature"])
+        before = rescale(after, 1.0 / r["temperature"])
         figures["reliability.png"] = plot_reliability(before, after, np.asarray(r["labels"]))
     return figures
-
-
-def _uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """The probabilities before temperature scaling: softmax(log p * T) (softmax is
-    unchanged by a per-row constant, so log-probabilities stand in for logits)."""
-    z = np.log(np.clip(probs, 1e-300, None)) * temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def write_report(

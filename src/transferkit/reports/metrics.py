@@ -139,6 +139,23 @@ def _per_class(confusion: np.ndarray, names: list[str]) -> list[ClassMetrics]:
     ]
 
 
+def log_probabilities(probabilities) -> np.ndarray:
+    """``log p`` in float64, used as logits (a probability of 0 becomes a very
+    negative logit rather than -inf)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return np.log(np.clip(p, 1e-300, None))
+
+
+def rescale(probabilities, temperature: float) -> np.ndarray:
+    """The probabilities of the same logits at ``temperature`` relative to the ones
+    given: ``softmax(log p / T)``. ``rescale(p_calibrated, 1 / T)`` recovers the
+    uncalibrated probabilities of a model calibrated at ``T``."""
+    z = log_probabilities(probabilities) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """Expected calibration error: how far confidence sits from accuracy, on average.
 
@@ -154,17 +171,25 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
         raise InputError(f"ECE bins must be a positive integer, got {bins!r}")
     probs, labels = _check_inputs(probs, labels, None)
+    rows = confidence_bins(probs, labels, bins)
+    return float(sum(n * abs(acc - conf) for conf, acc, n in rows) / len(labels))
+
+
+def confidence_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[tuple]:
+    """``(mean confidence, accuracy, count)`` of each of ``bins`` equal-width,
+    right-closed confidence bins that holds examples, lowest first: what the ECE
+    averages and a reliability diagram plots."""
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(float)
     # Compare with the same linspace edges a reader would compute, so that 0.7 lands in
     # (0.6, 0.7] even though 0.7 * 10 == 7.000000000000001 in floating point.
     inner_edges = np.linspace(0.0, 1.0, bins + 1)[1:-1]
     which = np.searchsorted(inner_edges, confidence, side="left")
-    total = 0.0
+    rows = []
     for b in np.unique(which):
         in_bin = which == b
-        total += in_bin.sum() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(total / len(labels))
+        rows.append((confidence[in_bin].mean(), correct[in_bin].mean(), int(in_bin.sum())))
+    return rows
 
 
 def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray, k: int = 16) -> list[int]:

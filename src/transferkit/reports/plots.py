@@ -23,7 +23,7 @@ from PIL import Image
 from ..data.images import to_channels
 from ..errors import InputError
 from .history import history_epochs, history_series, phase_change_epoch
-from .metrics import Metrics
+from .metrics import Metrics, confidence_bins
 from .overfitting import overfitting_gap
 
 TRAIN_COLOR = "#1f77b4"
@@ -205,19 +205,6 @@ def plot_per_class(metrics: Metrics) -> bytes:
     return _png(fig)
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15):
-    """Per confidence bin (equal width, as the ECE's): mean confidence, accuracy and
-    count, for the bins that hold images."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], confidence, side="left")
-    rows = []
-    for b in np.unique(which):
-        in_bin = which == b
-        rows.append((confidence[in_bin].mean(), correct[in_bin].mean(), int(in_bin.sum())))
-    return rows
-
-
 def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray) -> bytes:
     """Reliability diagram: accuracy against confidence per bin, before and after
     temperature scaling; on the diagonal, "90% sure" is right 90% of the time."""
@@ -225,7 +212,7 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray) 
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
     for probs, color, name in ((before, VAL_COLOR, "before"), (after, TRAIN_COLOR, "after")):
-        rows = reliability_bins(probs, labels)
+        rows = confidence_bins(probs, labels)
         conf, acc, n = (np.array(c) for c in zip(*rows, strict=True))
         sizes = 12 + 120 * n / n.max()
         ax.plot(conf, acc, color=color, alpha=0.6)
