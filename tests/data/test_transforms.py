@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 
 import pytest
 import torch
@@ -146,3 +147,37 @@ def test_file_broken_after_the_scan_is_a_one_line_error(tmp_path, workers):
     assert "\n" not in str(e.value) and broken in str(e.value)
     if loader._iterator is not None:  # stop the worker now, not when garbage collected
         loader._iterator._shutdown_workers()
+
+
+def _reading_threads(ds, monkeypatch) -> set[str]:
+    names: set[str] = set()
+    read = type(ds).__getitem__
+
+    def recording(self, index):
+        names.add(threading.current_thread().name)
+        return read(self, index)
+
+    monkeypatch.setattr(type(ds), "__getitem__", recording)
+    return names
+
+
+def test_an_evaluation_batch_is_read_on_several_threads_in_order(tmp_path, monkeypatch):
+    ds = _dataset(tmp_path)
+    alone = [ds[i] for i in range(len(ds))]
+    names = _reading_threads(ds, monkeypatch)
+    xs, ys = next(iter(create_loader(ds, batch_size=len(ds), workers=0)))
+    assert any(n.startswith("transferkit-read") for n in names)
+    assert ys.tolist() == [y for _, y in alone]
+    assert torch.equal(xs, torch.stack([x for x, _ in alone]))
+
+
+def test_an_augmenting_batch_is_read_on_one_thread_so_a_seed_repeats(tmp_path, monkeypatch):
+    ds = _dataset(tmp_path)
+    ds.transform = create_transform(CONFIG, train=True)
+    names = _reading_threads(ds, monkeypatch)
+    torch.manual_seed(0)
+    first, _ = next(iter(create_loader(ds, batch_size=len(ds), workers=0)))
+    torch.manual_seed(0)
+    again, _ = next(iter(create_loader(ds, batch_size=len(ds), workers=0)))
+    assert names == {threading.current_thread().name}
+    assert torch.equal(first, again)

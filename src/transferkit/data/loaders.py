@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import InputError
 from .build import Example
@@ -65,6 +66,25 @@ class ImageDataset(Dataset):
             return open_image(ex.path, channels=self.channels)
         return load_working(ex.path, ex.digest, self.side, self.channels, self.copies)
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """A batch's items; the loader asks for them together (torch's batched fetch).
+
+        Where the result cannot depend on the order (an evaluation transform, no
+        random draws) and this is the main process, the items are read on a few
+        threads: decoding and resizing release the GIL, so with no loader
+        processes (the default on a CPU) a batch is read on every core instead of
+        one, while the model waits for it. Augmenting transforms stay on one thread
+        so that a seed repeats the same augmentations.
+        """
+        if len(indices) < 2 or not self._order_free() or get_worker_info() is not None:
+            return [self[i] for i in indices]
+        return list(_reading_pool().map(self.__getitem__, indices))
+
+    def _order_free(self) -> bool:
+        if self.transform is None:
+            return True
+        return getattr(self.transform, "config", {}).get("train") is False
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         ex = self.examples[index]
         img = self.open(index)
@@ -78,6 +98,18 @@ class ImageDataset(Dataset):
     @property
     def labels(self) -> list[int]:
         return [ex.label for ex in self.examples]
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _reading_pool() -> ThreadPoolExecutor:
+    """Threads that read batch items in the main process, one per core up to 4."""
+    global _POOL
+    if _POOL is None:
+        threads = max(2, min(4, os.cpu_count() or 1))
+        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="transferkit-read")
+    return _POOL
 
 
 def default_workers(
