@@ -220,3 +220,44 @@ def test_a_scan_with_an_unwritable_copy_folder_stops_decoding_for_copies(
     assert len(data.train) == 6
     assert len(decoded) == 1  # the first copy that could not be stored; no more
     assert sum("working-copy folder" in r.getMessage() for r in caplog.records) == 1
+
+
+def _copies_line(caplog) -> str:
+    lines = [r.getMessage() for r in caplog.records if "working copies" in r.getMessage()]
+    assert len(lines) == 1, lines
+    caplog.clear()
+    return lines[0]
+
+
+def test_the_scan_says_what_copies_it_made_and_reused_and_the_cache_command_frees_them(
+    tmp_path, caplog, capsys
+):
+    import json
+
+    from transferkit.cli import main
+
+    root = photo_folder(tmp_path / "photos")
+    caplog.set_level(logging.INFO, logger="transferkit.data")
+    load_data(root, val_split=0)
+    assert ": 6 made now" in _copies_line(caplog)
+    load_data(root, val_split=0)
+    assert ": 0 made now (0.0 MiB), 6 reused" in _copies_line(caplog)
+
+    assert main(["cache", "--json"]) == 0
+    usage = {u["part"]: u for u in json.loads(capsys.readouterr().out)}
+    assert usage["copies"]["files"] == 6 and usage["copies"]["bytes"] > 0
+    assert main(["cache", "clear", "--part", "copies", "--json"]) == 0
+    cleared = json.loads(capsys.readouterr().out)
+    assert cleared["removed"] == [{"part": "copies", "files": 6, "bytes": usage["copies"]["bytes"]}]
+    assert usage["scan"]["files"] > 0 and (tmp_path / "cache" / "scan").is_dir()  # kept
+
+    load_data(root, val_split=0)  # the verdicts are cached; the copies are made again
+    assert ": 6 made now" in _copies_line(caplog)
+
+
+def test_clearing_an_unknown_part_of_the_cache_is_a_one_line_error(capsys):
+    from transferkit.cli import main
+
+    assert main(["cache", "clear", "--part", "weights"]) == 2
+    err = capsys.readouterr().err
+    assert "'weights'" in err and "features, copies, scan, arrays" in err and err[-1] == "\n"

@@ -32,6 +32,7 @@ from .choices import (
     STRATEGIES,
     fit_defaults,
 )
+from .cli_cache import add_cache
 from .errors import TransferkitError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -553,6 +554,7 @@ _COMMANDS = [
     _add_inspect,
     _add_data,
     _add_datasets,
+    add_cache,
     _add_fit,
     _add_evaluate,
     _add_predict,

@@ -63,3 +63,12 @@ def test_a_read_only_store_neither_writes_nor_deletes(tmp_path):
     assert reader.put("k", ["b"], np.ones((1, 2), np.float32)) == 0
     assert list(reader.lookup("k", ["a"]).missing) == ["a"]
     assert meta.is_file() and len(list((tmp_path / "k").iterdir())) == 2
+
+
+def test_the_default_feature_folder_is_under_the_cache_folder_xdg_included(tmp_path, monkeypatch):
+    from transferkit.data import cache_root
+    from transferkit.features import default_cache_dir
+
+    monkeypatch.delenv("TRANSFERKIT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == cache_root() / "features" == tmp_path / "xdg/transferkit/features"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 import warnings
@@ -43,6 +44,8 @@ _LITTER = {
     "@eadir": "Synology thumbnail folder (@eaDir)",
     ".appledouble": "macOS resource folder (.AppleDouble)",
 }
+
+log = logging.getLogger("transferkit.data")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class ScanResult:
     cache_hits: int = 0
     cache_misses: int = 0
     cache_path: str | None = None
+    copies_made: int = 0  # working copies written by this scan
+    copies_bytes: int = 0  # their size on disk
+    copies_reused: int = 0  # working copies already in the cache
+    copies_folder: str | None = None
 
 
 def litter_reason(name: str, is_dir: bool = False) -> str | None:
@@ -264,6 +271,8 @@ def verify_files(
         outcomes[i] = _outcome(c, digest, probe_or_error)
     cache.save()
     result.cache_hits, result.cache_misses = cache.hits, cache.misses
+    if copies is not None:
+        copies.report(result)
     for o in outcomes:
         (result.files if isinstance(o, ScannedFile) else result.skipped).append(o)
     return result
@@ -317,16 +326,33 @@ class _Copies:
 
     cache: CopyCache
     side: int
+    made: list[int] = field(default_factory=list)  # sizes of the copies written
+    reused: list[str] = field(default_factory=list)  # digests whose copy was there
 
     def wanted(self, digest: str, probe: Probe) -> bool:
         """Whether a usable image needs a copy that the cache does not hold (never
         once the cache folder refused a write: decoding for nothing helps no one)."""
-        return (
-            self.cache.enabled
-            and probe.ok
-            and min(probe.width, probe.height) > self.side
-            and not self.cache.path(digest, self.side).is_file()
-        )
+        if not (self.cache.enabled and probe.ok and min(probe.width, probe.height) > self.side):
+            return False
+        if self.cache.path(digest, self.side).is_file():
+            self.reused.append(digest)
+            return False
+        return True
+
+    def report(self, result: ScanResult) -> None:
+        """Put the counts into ``result`` and say what was made and reused, and where."""
+        result.copies_made, result.copies_bytes = len(self.made), sum(self.made)
+        result.copies_reused, result.copies_folder = len(self.reused), str(self.cache.folder)
+        if self.made or self.reused:
+            log.info(
+                "working copies (shorter side %d px) in %s: %d made now (%.1f MiB), %d reused "
+                "(see what the cache holds: transferkit cache)",
+                self.side,
+                self.cache.folder,
+                len(self.made),
+                sum(self.made) / 2**20,
+                len(self.reused),
+            )
 
 
 def _check(
@@ -362,6 +388,8 @@ def _check(
 def _store(copies: _Copies, digest: str, copy: bytes | None) -> None:
     if copy is not None:
         copies.cache.put(digest, copies.side, copy)
+        if copies.cache.enabled:  # stored (a failed write turns the cache off)
+            copies.made.append(len(copy))
 
 
 def _dir_key(path: str) -> tuple[int, int] | None:

@@ -62,8 +62,10 @@ Rows = Path | np.ndarray  # where rows are: a committed shard, or in memory
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("TRANSFERKIT_CACHE_DIR") or Path.home() / ".cache" / "transferkit"
-    return Path(base) / "features"
+    """``features`` under the transferkit cache folder (``data.cache_root()``)."""
+    from ..data.cache import cache_root
+
+    return cache_root() / "features"
 
 
 def model_key(
