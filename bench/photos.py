@@ -445,6 +445,22 @@ def _targets(result: dict, baseline: dict | None) -> dict:
     }
 
 
+def against_baseline(result: dict, baseline: dict) -> dict:
+    """Speed-ups over an earlier run (two runs, so only as steady as the machine was):
+    the scan, and a fine-tuning epoch (the first, and the median of the later ones)."""
+    old, new = baseline["fine_tune"], result["fine_tune"]
+    return {
+        "baseline_commit": baseline.get("transferkit_commit"),
+        "scan_cold": round(
+            result["scan"]["cold_images_per_s"] / baseline["scan"]["cold_images_per_s"], 2
+        ),
+        "fine_tune_first_epoch": round(old["first_epoch_seconds"] / new["first_epoch_seconds"], 2),
+        "fine_tune_later_epochs": round(
+            old["later_epochs_median_seconds"] / new["later_epochs_median_seconds"], 2
+        ),
+    }
+
+
 def _photos_record(manifest: dict, folder: Path) -> dict:
     sizes = manifest["bytes"]
     return {
@@ -526,6 +542,8 @@ def main(argv=None) -> int:
         result = _environment(args, argv)
         result.update(measure(args, manifest, folder, work))
     result["targets"] = _targets(result, baseline)
+    if baseline:
+        result["against_baseline"] = against_baseline(result, baseline)
     result["orchestrator_peak_rss_mib"] = _mib(_self_maxrss())
     result["load_average_1min"] = {"start": load_start, "end": round(os.getloadavg()[0], 2)}
     result["bench_seconds"] = round(time.perf_counter() - started, 1)

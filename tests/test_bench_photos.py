@@ -180,3 +180,22 @@ def test_the_gpu_check_names_an_unknown_argument():
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "gpu_check: unknown argument '--bogus' (see --help)"
+
+
+def test_epochs_and_scan_are_compared_with_a_baseline_run(bench):
+    photos = bench("photos")
+    result = {
+        "scan": {"cold_images_per_s": 30.0},
+        "fine_tune": {"first_epoch_seconds": 4.0, "later_epochs_median_seconds": 3.0},
+    }
+    baseline = {
+        "transferkit_commit": "abc1234",
+        "scan": {"cold_images_per_s": 7.5},
+        "fine_tune": {"first_epoch_seconds": 44.0, "later_epochs_median_seconds": 33.0},
+    }
+    assert photos.against_baseline(result, baseline) == {
+        "baseline_commit": "abc1234",
+        "scan_cold": 4.0,
+        "fine_tune_first_epoch": 11.0,
+        "fine_tune_later_epochs": 11.0,
+    }
