@@ -33,6 +33,7 @@ from .choices import (
     fit_defaults,
 )
 from .cli_cache import add_cache
+from .doctor.cli import add_doctor, add_next
 from .errors import TransferkitError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -562,6 +563,8 @@ _COMMANDS = [
     _add_report,
     _add_recommend,
     _add_rank,
+    add_doctor,
+    add_next,
 ]
 
 

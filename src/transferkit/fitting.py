@@ -27,6 +27,7 @@ from . import distributed, progress
 from .backbones import create_backbone
 from .compute import create_compute, resolve_device
 from .config import FitConfig
+from .doctor.record import fit_record, write_record
 from .errors import InputError
 from .features import FeatureCache
 from .resuming import data_difference, data_record, resumed_settings
@@ -47,6 +48,7 @@ class Fitted:
     predictions: list[dict] = field(default_factory=list)
     data_report: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
+    leaks: list[dict] = field(default_factory=list)
 
 
 def fit(
@@ -119,6 +121,7 @@ def _fit(
     check_settings(backbone, config, runtime.compute)
     collective.broadcast_module(backbone)  # rank 0's weights, whatever happened elsewhere
     splits = _load_data(data, config, collective)
+    leaks = _leak_check(splits) if collective.is_main else []
     record = data_record(splits)
     if resume:
         _check_same_data(run, record, collective)
@@ -141,7 +144,22 @@ def _fit(
         predictions=_prediction_rows(result, splits),
         data_report=splits.report.to_dict(),
         split=splits.split,
+        leaks=leaks,
     )
+
+
+def _leak_check(splits) -> list[dict]:
+    """Validation or test images that are copies of training images (exact ones,
+    which loading drops, and near ones by their perceptual hash), one warning line
+    per group; the run records them in doctor.json. On the bench's 1,220 images
+    this costs about a second (see docs/doctor.md)."""
+    from .doctor.leaks import find_leaks, warn_leaks
+
+    started = time.perf_counter()
+    leaks = find_leaks(splits)
+    warn_leaks(leaks)
+    log.debug("leak check: %d group(s) in %.2f s", len(leaks), time.perf_counter() - started)
+    return leaks
 
 
 def _check_same_data(run: Run | None, record: dict, collective) -> None:
@@ -246,6 +264,10 @@ def _save(run: Run, fitted: Fitted) -> None:
         history=result.history,
         data_report=fitted.data_report,
         predictions=fitted.predictions,
+    )
+    # before the report, which shows them; always written, so no earlier run's stays
+    write_record(
+        run.path, fit_record(fitted.data_report.get("source", {}).get("path"), fitted.leaks)
     )
     run.write_report()
     log.info("run saved to %s", run.path)

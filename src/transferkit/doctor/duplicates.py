@@ -1,0 +1,108 @@
+"""Duplicates and leaks: exact copies (same content digest) and near copies (feature
+similarity plus a perceptual check: ``thumbs.py``), grouped; a group that spans
+splits is a leak, because a test image that is a copy of a training image measures
+memory.
+
+Near copies need one signal strong and the other fair: a resized or slightly cropped
+copy has nearly the same features (cosine >= 0.955) and a fairly correlated
+thumbnail (>= 0.85), a re-compressed one a nearly equal thumbnail (>= 0.995) and
+fairly close features (>= 0.75; JPEG artefacts move the features of a 28 px image a
+lot). On the bench's clean Fashion-MNIST no two different images pass either test
+(the closest pair: cosine 0.954, thumbnail 0.992). The fit's leak check, which has no
+features at hand, uses the thumbnail test alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .thumbs import similar_pairs
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class NearRule:
+    """When two distinct images count as copies of one picture."""
+
+    cosine: float = 0.955  # features this similar ...
+    fair_correlation: float = 0.85  # ... and thumbnails this correlated
+    correlation: float = 0.995  # or thumbnails this correlated ...
+    fair_cosine: float = 0.75  # ... and features this similar
+
+
+DEFAULT_RULE = NearRule()
+
+
+@dataclass
+class DuplicateGroup:
+    paths: list[str]
+    splits: list[str]
+    kind: str  # "exact" or "near"
+    leak: bool
+    dropped: list[str]  # val/test copies of training images that loading leaves out
+
+    def to_dict(self) -> dict:
+        return {
+            "paths": self.paths,
+            "splits": self.splits,
+            "kind": self.kind,
+            "leak": self.leak,
+            "dropped": self.dropped,
+        }
+
+
+def near_pairs(
+    thumbs: np.ndarray, features: np.ndarray | None, rule: NearRule = DEFAULT_RULE
+) -> list[tuple[int, int]]:
+    """Pairs of distinct images (rows of ``thumbs`` and ``features``) that ``rule``
+    calls copies; ``features=None``: by the thumbnails alone (``rule.correlation``)."""
+    by_pixels = similar_pairs(thumbs, rule.correlation)
+    if features is None:
+        return [(int(i), int(j)) for i, j in by_pixels]
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    by_features = similar_pairs(unit.astype(np.float32), rule.cosine)
+    found = set()
+    for i, j in by_pixels:
+        if float(unit[i] @ unit[j]) >= rule.fair_cosine:
+            found.add((int(i), int(j)))
+    for i, j in by_features:
+        if float(thumbs[i] @ thumbs[j]) >= rule.fair_correlation:
+            found.add((int(i), int(j)))
+    return sorted(found)
+
+
+def group_items(items, digests: list[str], pairs) -> list[DuplicateGroup]:
+    """Groups of ``items`` (with ``.rel``, ``.split``, ``.digest``, ``.kept``) joined
+    by equal digests and by ``pairs`` of indices into ``digests``; singletons
+    dropped. Ordered: leaks first, then larger groups, then by first path."""
+    parent = list(range(len(digests)))
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for i, j in pairs:
+        parent[find(i)] = find(j)
+    at = {d: k for k, d in enumerate(digests)}
+    members: dict[int, list] = {}
+    for it in items:
+        members.setdefault(find(at[it.digest]), []).append(it)
+    groups = [_group(m) for m in members.values() if len(m) > 1]
+    return sorted(groups, key=lambda g: (not g.leak, -len(g.paths), g.paths[0]))
+
+
+def _group(members) -> DuplicateGroup:
+    members = sorted(members, key=lambda it: (SPLIT_ORDER.index(it.split), it.rel))
+    splits = sorted({it.split for it in members}, key=SPLIT_ORDER.index)
+    return DuplicateGroup(
+        paths=[it.rel for it in members],
+        splits=[it.split for it in members],
+        kind="exact" if len({it.digest for it in members}) == 1 else "near",
+        leak=len(splits) > 1,
+        dropped=[it.rel for it in members if not it.kept],
+    )

@@ -1,0 +1,63 @@
+"""``fit`` warns about and records leaks; ``transferkit next`` ranks unlabelled images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+from doctor_data import plant
+from PIL import Image
+
+from helpers import FAST_FIT, red_image
+from transferkit.cli import main
+from transferkit.doctor.active import pick
+
+
+def test_fit_warns_one_line_per_leak_group_and_records_them(tmp_path, caplog):
+    from transferkit.estimator import TransferClassifier
+
+    data = plant(tmp_path / "data")
+    with Image.open(data / "train" / "blue" / "img2.png") as img:
+        img.resize((32, 32), Image.Resampling.NEAREST).save(data / "test" / "blue" / "big.png")
+    run = tmp_path / "run"
+    clf = TransferClassifier(
+        "test_resnet", "feature-extract", weights="none", cache_dir=str(tmp_path / "c"), **FAST_FIT
+    )
+    with caplog.at_level(logging.WARNING, logger="transferkit"):
+        clf.fit(data, run_dir=run)
+    leaks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("leak:")]
+    # the exact copy, and a 2x enlargement; the fit has no features yet, so the
+    # bicubic resize of a noisy 16 px picture is left to `transferkit doctor`
+    assert len(leaks) == 2
+    assert any("train/green/img0.png (train), test/green/copy.png (test)" in m for m in leaks)
+    assert any("near copies" in m and "test/blue/big.png (test)" in m for m in leaks)
+    record = json.loads((run / "doctor.json").read_text())
+    assert record["source"] == "fit" and len(record["leaks"]) == 2
+    assert all(g["leak"] for g in record["leaks"])
+
+
+def test_next_ranks_uncertain_images_first_and_lists_k(trained, tmp_path, capsys):
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        shutil.copy(next((trained.data / "train" / "red").glob("*.png")), folder / name)
+    red_image(folder / "d.png", seed=3)
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert main(["next", str(trained.run), str(folder), "--k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["considered"] == 4 and len(out["next"]) == 2
+    assert [r["rank"] for r in out["next"]] == [1, 2]
+    assert out["unreadable"][0]["path"].endswith("broken.png")
+    # three copies of one picture: diversity picks at most one of them
+    picked = {r["path"].rsplit("/", 1)[-1] for r in out["next"]}
+    assert len(picked & {"a.png", "b.png", "c.png"}) <= 1
+    assert main(["next", str(trained.run), str(folder), "--k", "0"]) == 2
+    assert "--k must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_pick_prefers_uncertain_images_but_not_twice_the_same_one():
+    features = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    uncertainty = np.array([0.9, 0.9, 0.5])
+    assert [i for i, _ in pick(features, uncertainty, 2)] == [0, 2]
