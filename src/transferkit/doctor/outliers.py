@@ -4,8 +4,8 @@ Each image's cosine distance (on unit-length features) to the nearest class cent
 its score is how many robust standard deviations that is above the typical
 distance of that class's own images to its centre (their median and MAD), so a
 class that is naturally spread out does not flag its ordinary images. A score
-above :data:`CUTOFF` is an outlier: a picture unlike any class (a screenshot in a set of flowers, a blank frame), reported
-with the class it is closest to.
+above :data:`CUTOFF` is an outlier: a picture unlike any class (a screenshot in a
+set of flowers, a blank frame), reported with the class it is closest to.
 """
 
 from __future__ import annotations
