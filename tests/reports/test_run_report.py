@@ -90,8 +90,9 @@ def test_report_holds_every_section_from_the_run_files(tmp_path):
     wrong = [r for r in test if int(np.argmax(r["probs"])) != r["label"]]
     shown = min(len(wrong), 16)
     missing = sum(1 for r in wrong if not r["path"].endswith("/1.png"))
-    assert page.count('class="thumb"') == missing
-    assert page.count("image unavailable") == shown - missing
+    mistakes = page.split('<section id="mistakes">')[1].split("</section>")[0]
+    assert mistakes.count('class="thumb"') == missing
+    assert mistakes.count("image unavailable") == shown - missing
     assert sorted(p.name for p in (run / "plots").iterdir()) == [
         "confusion.png", "curves.png", "mistakes.png", "per_class.png"
     ]  # fmt: skip

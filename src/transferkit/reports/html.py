@@ -81,6 +81,11 @@ class ReportContent:
         reliability: ``{"probabilities", "labels", "temperature", "split", "ece",
             "ece_uncalibrated", "reason"}``: the evaluated images' calibrated
             probabilities and what calibration did (the Calibration section).
+        cells: per wrong confusion cell ``{"i", "j", "true", "pred", "count", "images"}``
+            (``images`` as ``mistakes``' rows): galleries the matrix's counts link to.
+        doctor: the data doctor's findings (``RUN/doctor.json`` with thumbnails:
+            ``{"source", "suspects", "n_suspects", "leaks": [{"kind", "members"}],
+            "outliers"}``, each row with its ``image``).
         record: the run's ``metrics.json``: its ``phases`` say which epoch's weights were
             saved and how long each phase took; ``val_accuracy``/``test_accuracy`` and
             ``n_val``/``n_test`` are the saved model's headline numbers, shown with their
@@ -98,6 +103,8 @@ class ReportContent:
     unfreeze_epoch: int | None = None
     record: Mapping | None = None
     reliability: Mapping | None = None
+    cells: Sequence[Mapping] | None = None
+    doctor: Mapping | None = None
 
     def __post_init__(self) -> None:
         self.history = list(self.history or [])
@@ -251,12 +258,13 @@ def _sections(
         body = s.evaluation_section(
             c.metrics, figures.get("confusion.png"), figures.get("per_class.png")
         )
+        linked = {(cell["i"], cell["j"]) for cell in c.cells or []}
+        body += "\n" + s.confusion_links_table(c.metrics, linked)
         parts.append(("evaluation", "Evaluation", body))
     if c.reliability is not None:
         body = s.calibration_section(c.reliability, figures.get("reliability.png"))
         parts.append(("calibration", "Calibration", body))
-    if c.mistakes is not None:
-        parts.append(("mistakes", "Most confident mistakes", s.mistakes_section(c.mistakes)))
+    parts += _image_sections(c)
     if c.data_report is not None:
         parts.append(("data", "Data report", s.value_html(c.data_report)))
     record = c.record or {}
@@ -266,4 +274,17 @@ def _sections(
         parts.append(("timings", "Timings", s.timings_section(c.timings)))
     if c.config is not None:
         parts.append(("config", "Configuration", s.config_section(c.config)))
+    return parts
+
+
+def _image_sections(c: ReportContent) -> list[tuple[str, str, str]]:
+    """The sections of thumbnails: confident mistakes, the images behind each wrong
+    confusion cell (the matrix's counts link there), the data doctor's findings."""
+    parts = []
+    if c.mistakes is not None:
+        parts.append(("mistakes", "Most confident mistakes", s.mistakes_section(c.mistakes)))
+    if c.cells:
+        parts.append(("cells", "Confusion cells", s.cells_section(c.cells)))
+    if c.doctor is not None:
+        parts.append(("doctor", "Data doctor", s.doctor_section(c.doctor)))
     return parts

@@ -33,7 +33,10 @@ from .metrics import Metrics, compute_metrics, most_confident_mistakes
 
 REPORT = "report.html"
 PLOTS = "plots"
+DOCTOR = "doctor.json"  # written by fit (leaks) and by `doctor --run` (every finding)
 MAX_MISTAKES = 16
+MAX_CELL_IMAGES = 12  # per wrong confusion cell
+MAX_DOCTOR_ROWS = 24  # suspects and outliers shown; leak groups shown
 
 
 def write_run_report(
@@ -63,6 +66,7 @@ def run_report_content(run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MI
     classes = [str(c) for c in config.get("classes", [])]
     split, rows = _evaluation_rows(run)
     metrics, mistakes = _metrics_and_mistakes(rows, classes, max_mistakes) if rows else (None, None)
+    doctor = _read_json(run / DOCTOR)
     return {
         "title": _title(run, metrics_json, split, metrics),
         "metrics": metrics,
@@ -74,6 +78,67 @@ def run_report_content(run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MI
         "unfreeze_epoch": unfreeze_epoch(history),
         "record": metrics_json or None,
         "reliability": _reliability(rows, classes, split, metrics_json),
+        "cells": _cells(rows, classes) if metrics is not None else None,
+        "doctor": _doctor(doctor) if doctor is not None else None,
+    }
+
+
+def _cells(rows: list[dict], classes: list[str]) -> list[dict]:
+    """Per wrong confusion cell (true i, predicted j): its count and up to
+    ``MAX_CELL_IMAGES`` of its images, the most confident first."""
+    index = {c: i for i, c in enumerate(classes)}
+    found: dict[tuple[int, int], list] = {}
+    for r in rows:
+        if r.get("label") not in index:
+            continue
+        probs = np.asarray(r["probs"], dtype=float)
+        i, j = index[r["label"]], int(probs.argmax())
+        if i != j:
+            found.setdefault((i, j), []).append((float(probs[j]), r.get("path")))
+    cells = []
+    for (i, j), hits in sorted(found.items()):
+        hits.sort(key=lambda h: -h[0])
+        images = [
+            {"image": _image_or_none(path), "confidence": conf, "path": path}
+            for conf, path in hits[:MAX_CELL_IMAGES]
+        ]
+        cells.append(
+            {
+                "i": i,
+                "j": j,
+                "true": classes[i],
+                "pred": classes[j],
+                "count": len(hits),
+                "images": images,
+            }
+        )
+    return cells
+
+
+def _doctor(record: dict) -> dict:
+    """doctor.json with each shown row's image (paths are relative to its data root)."""
+    root = str(record.get("data") or "")
+
+    def shown(row: dict) -> dict:
+        return {**row, "image": _image_or_none(os.path.join(root, str(row.get("path"))))}
+
+    suspects = list(record.get("suspected_mislabels") or [])
+    leaks = [
+        {
+            "kind": g.get("kind"),
+            "members": [
+                shown({"path": p, "split": sp})
+                for p, sp in zip(g.get("paths", []), g.get("splits", []), strict=False)
+            ],
+        }
+        for g in (record.get("leaks") or [])[:MAX_DOCTOR_ROWS]
+    ]
+    return {
+        "source": record.get("source"),
+        "suspects": [shown(r) for r in suspects[:MAX_DOCTOR_ROWS]],
+        "n_suspects": len(suspects),
+        "leaks": leaks,
+        "outliers": [shown(r) for r in (record.get("outliers") or [])[:MAX_DOCTOR_ROWS]],
     }
 
 

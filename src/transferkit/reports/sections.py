@@ -477,3 +477,115 @@ def _duration(seconds: object) -> str:
     if not _is_number(seconds) or not math.isfinite(float(seconds)):
         return "—"
     return human_duration(float(seconds))
+
+
+# ----------------------------------------------------------- confusion cells, doctor
+def cell_anchor(true: int, pred: int) -> str:
+    """The id of the gallery of the images of true class ``true`` predicted ``pred``."""
+    return f"cell-{true}-{pred}"
+
+
+def confusion_links_table(metrics: Metrics, linked: set[tuple[int, int]]) -> str:
+    """The confusion matrix as counts; an off-diagonal cell with images behind it is a
+    link to their gallery (plain anchors: the page runs no script)."""
+    cm = np.asarray(metrics.confusion)
+    names = metrics.classes
+    head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{esc(c)}</th>" for c in names)
+    rows = []
+    for i, name in enumerate(names):
+        cells = []
+        for j in range(len(names)):
+            n = int(cm[i, j])
+            text = f"{n:,}"
+            if (i, j) in linked:
+                text = f'<a href="#{cell_anchor(i, j)}">{text}</a>'
+            cells.append(f"<td class=num>{text}</td>")
+        rows.append(f"<tr><th>{esc(name)}</th>{''.join(cells)}</tr>")
+    return (
+        '<p class="note">Counts; a wrong cell\'s number opens the images behind it.</p>'
+        f'<table class="grid" id="confusion-table"><thead>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _figure(image, alt: str, caption: str) -> str:
+    pic = (
+        img_tag(png_bytes(thumbnail(image)), alt, "thumb")
+        if image is not None
+        else '<div class="noimg">image unavailable</div>'
+    )
+    return f"<figure>{pic}<figcaption>{caption}</figcaption></figure>"
+
+
+def cells_section(cells: Sequence[Mapping]) -> str:
+    """One gallery per wrong confusion cell, each reachable from the matrix."""
+    parts = []
+    for cell in cells:
+        figures = [
+            _figure(
+                m.get("image"),
+                f"true {cell['true']}, predicted {cell['pred']}",
+                f'{_pct(m.get("confidence"))}<br><span class="path">{esc(m.get("path"))}</span>',
+            )
+            for m in cell["images"]
+        ]
+        more = cell["count"] - len(cell["images"])
+        note = f'<p class="note">and {more:,} more</p>' if more > 0 else ""
+        parts.append(
+            f'<div id="{cell_anchor(cell["i"], cell["j"])}"><h3>true {esc(cell["true"])}, '
+            f"predicted {esc(cell['pred'])} ({cell['count']:,})</h3>"
+            f'<div class="mistakes">{"".join(figures)}</div>{note}</div>'
+        )
+    return "\n".join(parts)
+
+
+def doctor_section(doctor: Mapping) -> str:
+    """The data doctor's findings: suspected mislabels (given and suggested label),
+    leak groups and outliers, as thumbnails."""
+    source = doctor.get("source")
+    intro = (
+        "Leaks found by the fit's check (copies shared across splits). "
+        "<code>transferkit doctor DATA --run RUN</code> adds every finding here."
+        if source == "fit"
+        else "Findings of <code>transferkit doctor</code>; nothing was moved or deleted."
+    )
+    parts = [f'<p class="note">{intro}</p>']
+    suspects = doctor.get("suspects") or []
+    if source != "fit":
+        parts.append(f"<h3>Suspected mislabels ({doctor.get('n_suspects', len(suspects)):,})</h3>")
+        parts.append(_grid(suspects, _suspect_caption) if suspects else "<p>None.</p>")
+    leaks = doctor.get("leaks") or []
+    parts.append(f'<h3 id="doctor-leaks">Leaks ({len(leaks):,})</h3>')
+    if not leaks:
+        parts.append('<p class="callout ok">No image is shared between splits.</p>')
+    for g in leaks:
+        parts.append(
+            f'<p class="callout warn">{esc(g["kind"])} copies across splits: a test or '
+            "validation copy of a training image inflates the score</p>"
+            + _grid(g["members"], lambda m: f"{esc(m['split'])}<br>{_path(m)}")
+        )
+    outliers = doctor.get("outliers") or []
+    if source != "fit":
+        parts.append(f"<h3>Outliers ({len(outliers):,})</h3>")
+        parts.append(_grid(outliers, _outlier_caption) if outliers else "<p>None.</p>")
+    return "\n".join(parts)
+
+
+def _grid(rows: Sequence[Mapping], caption) -> str:
+    figures = [_figure(r.get("image"), str(r.get("path")), caption(r)) for r in rows]
+    return f'<div class="mistakes">{"".join(figures)}</div>'
+
+
+def _path(row: Mapping) -> str:
+    return f'<span class="path">{esc(row.get("path"))}</span>'
+
+
+def _suspect_caption(r: Mapping) -> str:
+    return (
+        f"given <b>{esc(r.get('given'))}</b><br>looks like <b>{esc(r.get('suggested'))}</b> "
+        f"({_num(r.get('score'))})<br>{_path(r)}"
+    )
+
+
+def _outlier_caption(r: Mapping) -> str:
+    return f"nearest <b>{esc(r.get('nearest_class'))}</b> ({_num(r.get('score'))})<br>{_path(r)}"
