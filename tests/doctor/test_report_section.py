@@ -48,9 +48,9 @@ def test_confusion_counts_link_to_galleries_of_the_images_behind_them(trained, t
 def test_the_doctor_section_renders_in_headless_chromium(doctored, tmp_path):
     """The run's Doctor section alone on a page (so it is in the screenshot), as
     Chromium lays it out: texts off the dumped DOM, every thumbnail decoded."""
-    from chromium import dump_dom, find_browser, screenshot, texts_by_id
     from PIL import Image, ImageStat
 
+    from chromium import dump_dom, find_browser, screenshot, texts_by_id
     from transferkit.reports.html import write_report
     from transferkit.reports.run_report import run_report_content
 
