@@ -4,10 +4,16 @@ Each image is predicted by a logistic-regression head (the probe head's, on the
 cached features) cross-validated so that no image is predicted by a head that saw
 it. A class's threshold is the mean probability of that class over the images
 labelled with it: how confident the head is, on average, about that class when it is
-right. An image is suspect when another class reaches that class's own threshold
-and beats the given label; ranked by how far the suggested class's probability
-exceeds the given one's. Per-class thresholds, not one cut-off: a hard class whose
-images get 0.6 on average is judged against 0.6, an easy one against 0.99.
+right. An image is suspect when the head's most probable class is another one, or
+another class reaches its own threshold (confident learning's rule). The label it
+looks like is the most probable of the other classes that reach their threshold
+(else of all the others). Suspects are ranked by their given label's probability
+*relative to that class's threshold*: ``score = 1 - min(1, p(given) / threshold)``,
+so a hard class whose images get 0.6 on average is judged against 0.6 and an easy one
+against 0.99, not against one global cut-off. On the bench (Fashion-MNIST, 5% of the
+labels flipped) this put 94% of the flipped images in the top 2N, against 62% for
+the margin of the suggested class over the given one and 90% for the plain
+probability of the given label.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PENALTIES = (0.01, 0.1, 1.0)  # C of the probe head's logistic regression
+PENALTIES = (0.003, 0.01, 0.03, 0.1)  # C of the probe head's logistic regression
 
 
 @dataclass
@@ -72,22 +78,23 @@ def class_thresholds(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def suspects(probs: np.ndarray, y: np.ndarray) -> list[Suspect]:
     """The images whose label the probabilities contradict, most suspect first."""
+    rows = np.arange(len(y))
     thresholds = class_thresholds(probs, y)
-    above = probs >= thresholds[None, :] - 1e-12
-    masked = np.where(above, probs, -1.0)
-    masked[np.arange(len(y)), y] = -1.0
-    suggested = masked.argmax(1)
-    given_p = probs[np.arange(len(y)), y]
-    sugg_p = probs[np.arange(len(y)), suggested]
-    flagged = (masked.max(1) >= 0) & (sugg_p > given_p)
+    others = probs.copy()
+    others[rows, y] = -1.0
+    confident = np.where(probs >= thresholds[None, :] - 1e-12, others, -1.0)
+    flagged = (probs.argmax(1) != y) | (confident.max(1) >= 0)
+    suggested = np.where(confident.max(1) >= 0, confident.argmax(1), others.argmax(1))
+    given_p = probs[rows, y]
+    score = 1.0 - np.minimum(1.0, given_p / np.maximum(thresholds[y], 1e-12))
     out = [
         Suspect(
             int(i),
             int(y[i]),
             int(suggested[i]),
-            float(sugg_p[i] - given_p[i]),
+            float(score[i]),
             float(given_p[i]),
-            float(sugg_p[i]),
+            float(probs[i, suggested[i]]),
         )
         for i in np.nonzero(flagged)[0]
     ]
