@@ -20,7 +20,7 @@ def test_fit_warns_one_line_per_leak_group_and_records_them(tmp_path, caplog):
 
     data = plant(tmp_path / "data")
     with Image.open(data / "train" / "blue" / "img2.png") as img:
-        img.resize((32, 32), Image.Resampling.NEAREST).save(data / "test" / "blue" / "big.png")
+        img.resize((32, 32), Image.Resampling.BICUBIC).save(data / "test" / "blue" / "big.png")
     run = tmp_path / "run"
     clf = TransferClassifier(
         "test_resnet", "feature-extract", weights="none", cache_dir=str(tmp_path / "c"), **FAST_FIT
@@ -28,13 +28,14 @@ def test_fit_warns_one_line_per_leak_group_and_records_them(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="transferkit"):
         clf.fit(data, run_dir=run)
     leaks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("leak:")]
-    # the exact copy, and a 2x enlargement; the fit has no features yet, so the
-    # bicubic resize of a noisy 16 px picture is left to `transferkit doctor`
-    assert len(leaks) == 2
+    # the exact copy and two bicubic enlargements (by thumbnails:
+    # the fit has no features yet)
+    assert len(leaks) == 3
     assert any("train/green/img0.png (train), test/green/copy.png (test)" in m for m in leaks)
     assert any("near copies" in m and "test/blue/big.png (test)" in m for m in leaks)
+    assert any("near copies" in m and "test/red/resized.png (test)" in m for m in leaks)
     record = json.loads((run / "doctor.json").read_text())
-    assert record["source"] == "fit" and len(record["leaks"]) == 2
+    assert record["source"] == "fit" and len(record["leaks"]) == 3
     assert all(g["leak"] for g in record["leaks"])
 
 

@@ -1,16 +1,19 @@
 """The perceptual check for near copies: each image as 16 x 16 grayscale thumbnails
-(box-filtered from its working copy, so a large photo is decoded as the loaders see
-it), centred and scaled to unit length: one of the whole picture and five "views"
-(the picture less 5% of its width and height, at each corner and around the centre).
-Two images' correlation is the best dot product of one's whole thumbnail with the
-other's whole thumbnail or views, either way round: a 5%-cropped copy lines up with
-the view of its original that lost the same border.
+(from its working copy, so a large photo is decoded as the loaders see it: resized
+to 64 x 64 with a Lanczos filter, then averaged over 4 x 4 blocks), centred and
+scaled to unit length: one of the whole picture and five "views" (the picture less
+5% of its width and height, at each corner and around the centre). Two images'
+correlation is the best dot product of one's whole thumbnail with the other's whole
+thumbnail or views, either way round: a 5%-cropped copy lines up with the view of
+its original that lost the same border.
 
-On the bench a resized or re-compressed copy kept a correlation >= 0.989 with its
+On the bench a resized or re-compressed copy kept a correlation >= 0.999 with its
 original, a cropped one 1.000 through the matching view, while no two different
-Fashion-MNIST pictures passed 0.993. A 64-bit DCT hash was tried first: on those
-centred, low-detail pictures, different images came within 2 bits of each other, and
-crops moved 10 to 20 bits.
+Fashion-MNIST pictures passed 0.993. The Lanczos filter matters: with a box filter
+alone a bicubic enlargement of a picture with thin lines fell to 0.970; the common
+64 px step makes a picture smaller than 16 px comparable with its enlargements. A
+64-bit DCT hash was tried first: on those centred, low-detail pictures, different
+images came within 2 bits of each other, and crops moved 10 to 20 bits.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ VIEWS = 6  # the whole picture, then the views
 
 def thumbnail_vector(img: Image.Image) -> np.ndarray:
     """The unit-length, zero-mean 16 x 16 grayscale thumbnail of a PIL image."""
-    gray = img.convert("L").resize((SIDE, SIDE), Image.Resampling.BOX)
+    gray = img.convert("L").resize((4 * SIDE, 4 * SIDE), Image.Resampling.LANCZOS)
+    gray = gray.resize((SIDE, SIDE), Image.Resampling.BOX)
     v = np.asarray(gray, np.float32).ravel()
     v = v - v.mean()
     return v / max(float(np.linalg.norm(v)), 1e-6)
