@@ -20,6 +20,10 @@ cross-validation folds):
      its test original, and the groups with no planted copy in them (false).
   4. warm: ``diagnose`` once more on the planted folder, every feature in the cache:
      its wall seconds (the acceptance: under 10 s on 2 cores for >= 1,000 images).
+  5. the leak check ``fit`` runs (thumbnails only, no features) on the loaded clean
+     and planted data: the planted copies it flags, the groups on the clean data, and
+     its seconds (best of 3) on the planted data and on the demo's data (``make
+     demo``: Fashion-MNIST 30 per class, 300 test).
 
 Run: ``python bench/doctor.py --out bench/results/doctor.json``.
 """
@@ -140,6 +144,43 @@ def false_duplicates(report) -> dict:
     }
 
 
+def fit_check(clean: Path, planted_dir: Path, demo: Path, planted: dict[str, str]) -> dict:
+    """What ``fit``'s leak check finds and costs (it runs right after loading)."""
+    from transferkit.data import load_data
+    from transferkit.doctor.leaks import find_leaks
+
+    def best_of_3(data: Path):
+        splits = load_data(data)
+        seconds = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            groups = find_leaks(splits)
+            seconds.append(time.perf_counter() - t0)
+        return (
+            groups,
+            round(min(seconds), 3),
+            len(splits.train) + len(splits.val) + len(splits.test),
+        )
+
+    clean_groups, _, _ = best_of_3(clean)
+    groups, seconds, n = best_of_3(planted_dir)
+    demo_groups, demo_seconds, demo_n = best_of_3(demo)
+    found = sum(
+        1
+        for copy, original in planted.items()
+        if any(copy in g["paths"] and original in g["paths"] for g in groups)
+    )
+    return {
+        "planted_found": f"{found}/{len(planted)}",
+        "clean_leak_groups": len(clean_groups),
+        "seconds_planted": seconds,
+        "images_planted": n,
+        "seconds_demo": demo_seconds,
+        "images_demo": demo_n,
+        "demo_leak_groups": len(demo_groups),
+    }
+
+
 def timed(data: Path, cache: Path):
     from transferkit.doctor import diagnose
 
@@ -165,6 +206,10 @@ def run(root: Path) -> dict:
     report, _ = timed(planted_dir, cache)
     say("planted data, warm features: diagnosing ...")
     warm_report, warm = timed(planted_dir, cache)
+    say("the fit's leak check ...")
+    demo = root / "demo"
+    write_dataset("fashion-mnist", demo, per_class=30, test=300, seed=SEED)
+    check = fit_check(clean, planted_dir, demo, planted)
     return {
         "clean": {**false_duplicates(clean_report), "seconds_cold": round(clean_cold, 2)},
         "mislabels": mislabel_scores(report, flipped),
@@ -175,6 +220,7 @@ def run(root: Path) -> dict:
             "seconds": round(warm, 3),
             "cv_accuracy": warm_report.summary["cv_accuracy"],
         },
+        "fit_leak_check": check,
     }
 
 

@@ -24,6 +24,8 @@ _PUBLIC = {
     "create_backbone": "backbones",
     "list_backbones": "backbones",
     "FitConfig": "config",
+    "DoctorReport": "doctor",
+    "diagnose": "doctor",
     "InputError": "errors",
     "MissingDependencyError": "errors",
     "TransferkitError": "errors",
@@ -43,6 +45,7 @@ _PUBLIC = {
 
 __all__ = [  # the names of _PUBLIC and __version__ (tests/test_startup.py checks)
     "Backbone",
+    "DoctorReport",
     "FitConfig",
     "InputError",
     "MissingDependencyError",
@@ -54,6 +57,7 @@ __all__ = [  # the names of _PUBLIC and __version__ (tests/test_startup.py check
     "__version__",
     "create_backbone",
     "create_optimizer",
+    "diagnose",
     "freeze",
     "list_backbones",
     "load",
@@ -67,6 +71,7 @@ __all__ = [  # the names of _PUBLIC and __version__ (tests/test_startup.py check
 if TYPE_CHECKING:  # what editors and type checkers see; nothing runs here
     from .backbones import Backbone, create_backbone, list_backbones
     from .config import FitConfig
+    from .doctor import DoctorReport, diagnose
     from .errors import (
         InputError,
         MissingDependencyError,

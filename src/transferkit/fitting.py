@@ -151,8 +151,8 @@ def _fit(
 def _leak_check(splits) -> list[dict]:
     """Validation or test images that are copies of training images (exact ones,
     which loading drops, and near ones by their perceptual hash), one warning line
-    per group; the run records them in doctor.json. Measured on 2 shared cores: 0.6 s
-    for the demo's 600 Fashion-MNIST images, 1.0 s for 1,215 (see docs/doctor.md)."""
+    per group; the run records them in doctor.json. Measured on 2 shared cores: 0.41 s
+    for the demo's 600 Fashion-MNIST images, 0.86 s for 1,215 (see docs/doctor.md)."""
     from .doctor.leaks import find_leaks, warn_leaks
 
     started = time.perf_counter()
