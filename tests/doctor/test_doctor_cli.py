@@ -89,3 +89,8 @@ def test_bad_input_is_one_line_naming_the_option_and_value(planted, tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("transferkit: error:") and "missing" in err and err.count("\n") == 1
     assert "Traceback" not in err
+    assert main(["doctor", str(planted), *TINY, "--run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--run '{tmp_path}' is not a finished run" in err and err.count("\n") == 1
+    assert main(["doctor", str(planted), *TINY, "--write-csv", str(tmp_path / "no" / "x.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -89,6 +89,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
     if not 0 <= args.val_split < 1:
         raise InputError(f"--val-split must be a fraction in [0, 1), got {args.val_split}")
+    if args.write_csv:
+        from .sheet import check_sheet_path
+
+        check_sheet_path(args.write_csv)
+    if args.run:
+        from .record import check_run
+
+        check_run(args.run)
 
 
 def add_next(sub) -> None:

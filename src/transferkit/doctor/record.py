@@ -25,13 +25,19 @@ def write_record(run_dir, record: dict) -> Path:
     return path
 
 
-def record_in_run(run_dir, report) -> Path:
-    """Write ``report`` into the run's doctor.json and rebuild its report.html."""
+def check_run(run_dir) -> Path:
+    """``run_dir`` if it holds a finished run, else a one-line refusal."""
     run = Path(run_dir)
     if not (run / CONFIG).is_file():
         raise InputError(
             f"--run {str(run)!r} is not a finished run (no {CONFIG}); give a fit's --out folder"
         )
+    return run
+
+
+def record_in_run(run_dir, report) -> Path:
+    """Write ``report`` into the run's doctor.json and rebuild its report.html."""
+    run = check_run(run_dir)
     record = {"source": "doctor", **report.to_dict(), "leaks": report.leaks}
     path = write_record(run, record)
     from ..reports import write_run_report

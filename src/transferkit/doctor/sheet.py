@@ -19,6 +19,14 @@ COLUMNS = ("path", "label", "split", "suggested", "reason")
 def write_relabel_csv(report, path: str | os.PathLike) -> Path:
     """Write ``report``'s sheet to ``path`` (a new file: an edited sheet is never
     overwritten); paths in it are relative to its folder. Returns the path."""
+    out = check_sheet_path(path)
+    atomic_write_text(out, sheet_text(report, out.parent))
+    return out
+
+
+def check_sheet_path(path: str | os.PathLike) -> Path:
+    """``path`` as a new sheet's path, or a one-line refusal (checked before the
+    doctor spends its time, and again when writing)."""
     out = Path(path)
     if out.exists():
         raise InputError(
@@ -27,7 +35,6 @@ def write_relabel_csv(report, path: str | os.PathLike) -> Path:
         )
     if not out.parent.is_dir():
         raise InputError(f"--write-csv {str(out)!r}: folder {str(out.parent)!r} does not exist")
-    atomic_write_text(out, sheet_text(report, out.parent))
     return out
 
 
