@@ -46,9 +46,22 @@ def test_next_ranks_uncertain_images_first_and_lists_k(trained, tmp_path, capsys
         shutil.copy(next((trained.data / "train" / "red").glob("*.png")), folder / name)
     red_image(folder / "d.png", seed=3)
     (folder / "broken.png").write_bytes(b"not an image")
-    assert main(["next", str(trained.run), str(folder), "--k", "2", "--json"]) == 0
+    cache = ["--cache-dir", str(tmp_path / "features")]
+    assert main(["next", str(trained.run), str(folder), "--k", "2", "--json", *cache]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["considered"] == 4 and len(out["next"]) == 2
+    assert out["extracted"] == 2  # a, b and c are one picture: one row in the cache
+    # the probabilities from cached features are the run's own (a fine-tuned base)
+    from transferkit.predict import load_predictor
+
+    predicted = load_predictor(trained.run).predict([r["path"] for r in out["next"]]).predictions
+    for row, p in zip(out["next"], predicted, strict=True):
+        assert row["predicted"] == p.label
+        assert abs(row["probability"] - p.confidence) < 1e-3
+    # asked again: every feature comes from the cache, the same ranking
+    assert main(["next", str(trained.run), str(folder), "--k", "2", "--json", *cache]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["extracted"] == 0 and again["next"] == out["next"]
     assert [r["rank"] for r in out["next"]] == [1, 2]
     assert out["unreadable"][0]["path"].endswith("broken.png")
     # three copies of one picture: diversity picks at most one of them

@@ -24,11 +24,13 @@ class NextReport:
     ranked: list[dict] = field(default_factory=list)
     unreadable: list[dict] = field(default_factory=list)
     considered: int = 0
+    extracted: int = 0  # images whose features were not in the cache yet
 
     def to_dict(self) -> dict:
         return {
             "run": self.run,
             "considered": self.considered,
+            "extracted": self.extracted,
             "next": self.ranked,
             "unreadable": self.unreadable,
         }
@@ -65,9 +67,14 @@ def uncertainty_of(probs: np.ndarray) -> np.ndarray:
     return 1.0 - (top2[:, 1] - top2[:, 0])
 
 
-def rank_next(run, folder, *, k: int = 20, batch_size: int = 64, backbone=None) -> NextReport:
+def rank_next(
+    run, folder, *, k: int = 20, batch_size: int = 64, cache_dir: str | None = None, backbone=None
+) -> NextReport:
     """The ``k`` images of ``folder`` (files, folders or globs as ``predict`` takes)
-    most worth labelling for the model of ``run``."""
+    most worth labelling for the model of ``run``. Their features go through the
+    feature cache (``cache_dir``: default ``fit``'s), keyed by the run's own weights,
+    so asking again after a few labels costs no second pass."""
+    from ..features import FeatureCache
     from ..predict import expand_inputs
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -75,59 +82,76 @@ def rank_next(run, folder, *, k: int = 20, batch_size: int = 64, backbone=None) 
     paths, failures = expand_inputs([folder] if isinstance(folder, (str, bytes)) else folder)
     if not paths and not failures:
         raise InputError(f"no images in {folder!r}: point next at a folder of unlabelled images")
-    model, classes, transform = _load(run, backbone)
-    done, feats, probs, unreadable = _look(model, transform, paths, batch_size)
+    loaded = _load(run, backbone)
+    cache = FeatureCache(cache_dir)
+    done, feats, probs, unreadable = _look(loaded, paths, batch_size, cache)
     unreadable = [f.to_dict() for f in failures] + unreadable
     picks = pick(feats, uncertainty_of(probs), k) if done else []
-    ranked = []
-    for rank, (i, score) in enumerate(picks, 1):
-        top = np.argsort(-probs[i])[:2]
-        ranked.append(
-            {
-                "rank": rank,
-                "path": done[i],
-                "score": round(score, 4),
-                "uncertainty": round(float(uncertainty_of(probs[i : i + 1])[0]), 4),
-                "predicted": classes[int(top[0])],
-                "probability": round(float(probs[i, top[0]]), 4),
-                "runner_up": classes[int(top[1])] if len(top) > 1 else None,
-            }
-        )
-    return NextReport(str(run), ranked, unreadable, len(done))
+    ranked = [_row(rank, done[i], score, probs[i], loaded.classes) for rank, (i, score) in
+              enumerate(picks, 1)]  # fmt: skip
+    return NextReport(str(run), ranked, unreadable, len(done), int(cache.stats.extracted))
+
+
+def _row(rank: int, path: str, score: float, p: np.ndarray, classes) -> dict:
+    top = np.argsort(-p)[:2]
+    return {
+        "rank": rank,
+        "path": path,
+        "score": round(score, 4),
+        "uncertainty": round(float(uncertainty_of(p[None])[0]), 4),
+        "predicted": classes[int(top[0])],
+        "probability": round(float(p[top[0]]), 4),
+        "runner_up": classes[int(top[1])] if len(top) > 1 else None,
+    }
 
 
 def _load(run, backbone):
-    from ..predict import transform_from
+    from ..backbones.base import weights_digest
     from ..runs import load_run
 
     loaded = load_run(run, backbone=backbone)
-    model = loaded.model.eval()
-    return model, loaded.classes, transform_from(loaded.config["preprocessing"])
+    loaded.model.eval()
+    # the cache keys features by the weights: the run's own (fine-tuned) ones
+    loaded.model.backbone.weights_digest = weights_digest(loaded.model.backbone.model)
+    return loaded
 
 
-def _look(model, transform, paths, batch_size):
-    """Pooled features and probabilities of the readable ``paths``."""
+def _look(loaded, paths, batch_size: int, cache):
+    """The readable ``paths``, their pooled features and probabilities, and the
+    unreadable ones with the reason."""
+    import os
+
     import torch
 
-    from ..data import open_image
-    from ..data.copies import side_for
+    from ..compute import create_compute
+    from ..data import ImageDataset, create_loader
+    from ..data.scanning import Candidate, ScanOptions, verify_files
+    from ..features import Extraction, representation_for
     from ..features.extract import pool
+    from ..predict import transform_from
+    from .inputs import _Example
 
-    channels, side = int(getattr(transform, "channels", 3)), side_for(transform)
-    done, feats, probs, unreadable = [], [], [], []
-    for start in range(0, len(paths), batch_size):
-        batch = []
-        for path in paths[start : start + batch_size]:
-            try:
-                batch.append(transform(open_image(path, channels=channels, side=side)))
-                done.append(path)
-            except InputError as exc:
-                unreadable.append({"path": path, "reason": str(exc)})
-        if batch:
-            with torch.inference_mode():
-                f = model.backbone.forward_features(torch.stack(batch))
-                probs.append(model.head.probabilities(model.head(f)).float().numpy())
-                feats.append(pool(f, "avg").flatten(1).float().numpy())
-    if not done:
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    scan = verify_files([Candidate(p, p, "", "train") for p in paths], root=root,
+                        options=ScanOptions(copy_side=None))  # fmt: skip
+    unreadable = [{"path": s.path, "reason": s.reason} for s in scan.skipped]
+    if not scan.files:
         return [], np.zeros((0, 1)), np.zeros((0, 1)), unreadable
-    return done, np.concatenate(feats), np.concatenate(probs), unreadable
+    model, preprocessing = loaded.model, loaded.config["preprocessing"]
+    transform = transform_from(preprocessing)
+    examples = [_Example(f.candidate.path, 0, f.digest) for f in scan.files]
+    dataset = ImageDataset(examples, transform, channels=model.backbone.input_size[0])
+    extraction = Extraction(
+        image_size=preprocessing.get("image_size"),
+        representation=representation_for(model.head.config.pooling),
+        compute=create_compute(torch.device("cpu")),
+        loader=lambda ds, bs: create_loader(ds, batch_size=bs),
+        batch_size=batch_size,
+        description="next: features",
+    )
+    array = cache.get(model.backbone, dataset, [e.digest for e in examples], extraction)
+    x = torch.from_numpy(np.ascontiguousarray(array))
+    with torch.inference_mode():
+        probs = model.head.probabilities(model.head(x)).double().numpy()
+    feats = pool(x, "avg").flatten(1).double().numpy()
+    return [e.path for e in examples], feats, probs, unreadable

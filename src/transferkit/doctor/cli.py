@@ -105,6 +105,7 @@ def add_next(sub) -> None:
     p.add_argument("folder", help="folder (or file, or glob) of unlabelled images")
     p.add_argument("--k", type=int, default=20, help="how many images to list")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--cache-dir", help="feature cache folder (default: fit's)")
     p.add_argument("--json", action="store_true", help="machine-readable ranking")
     p.set_defaults(handler=run_next)
 
@@ -115,7 +116,9 @@ def run_next(args: argparse.Namespace) -> int:
         from .active import rank_next
 
     console_logging(args.json)
-    result = rank_next(args.run, args.folder, k=args.k, batch_size=args.batch_size)
+    result = rank_next(
+        args.run, args.folder, k=args.k, batch_size=args.batch_size, cache_dir=args.cache_dir
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return 0
