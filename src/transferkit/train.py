@@ -34,6 +34,7 @@ from .heads import TransferModel
 from .strategies import get_strategy
 from .strategies.base import TrainingInputs, evaluate_split, extraction
 from .training import History, Interruption, PhaseResult, ProgressReport, Runtime
+from .trust.fit import fit_trust
 
 log = logging.getLogger("transferkit")
 
@@ -56,6 +57,10 @@ class TrainResult:
             (the final evaluation's lookups not included).
         calibration: the temperature fitted on the held-out images (see
             :func:`calibrate`), how many chose it and, when it is 1.0 unfitted, why.
+        trust: the OOD score's statistics and the held-out scores its ``unknown``
+            threshold and the conformal prediction sets come from
+            (:class:`~transferkit.trust.TrustState`; rank 0 only, also set as
+            ``model.trust``).
     """
 
     model: TransferModel
@@ -69,6 +74,7 @@ class TrainResult:
     feature_cache: dict = field(default_factory=dict)
     selection: dict | None = None
     calibration: dict = field(default_factory=dict)
+    trust: object = None
 
 
 def train(
@@ -109,6 +115,10 @@ def train(
     evaluations = _evaluate_splits(inputs, result)
     pooled = bool((result.selection or {}).get("validation_pooled"))
     calibration = calibrate(result.model, evaluations, inputs.runtime.collective, pooled=pooled)
+    trust = None
+    if inputs.runtime.collective.is_main:  # the OOD score and prediction sets: rank 0 saves
+        trust = fit_trust(inputs, result, evaluations, pooled=pooled)
+        result.model.trust = trust  # saved with the run, used by its predictors
     return TrainResult(
         model=result.model,
         config=inputs.config,
@@ -121,6 +131,7 @@ def train(
         feature_cache=cache_stats,
         selection=result.selection,
         calibration=calibration,
+        trust=trust,
     )
 
 
