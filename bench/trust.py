@@ -27,6 +27,7 @@ Writes the JSON (with an ``acceptance`` block of ``met`` flags) to stdout and --
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -188,7 +189,7 @@ def measure(root: Path, seed: int) -> dict:
         "accuracy", "ece", "ece_uncalibrated", "temperature", "coverage", "mean_set_size",
         "unknown_share", "ood_auroc", "ood_unknown_share", "ood_images",
     )  # fmt: skip
-    m = clf.metrics_
+    m = json.loads((run / "metrics.json").read_text())
     return {
         "benchmark": "trust",
         "measured_code": git_state(),

@@ -218,14 +218,6 @@ _FIT_OPTIONS: tuple[tuple[tuple[str, ...], dict], ...] = (
         {"action": "store_true", "help": "torch.compile the model for extraction and fine-tuning"},
     ),
     (("--workers",), {"type": int, "help": "data loader processes per process (default: auto)"}),
-    (
-        ("--unknown-rate",),
-        {"type": float, "help": "share of known images that predict may call unknown"},
-    ),
-    (
-        ("--coverage",),
-        {"type": float, "help": "how often a prediction set must hold the true class"},
-    ),
     (("--cache-dir",), {"help": "feature cache folder (default: ~/.cache/transferkit/features)"}),
     (
         ("--no-augment",),
@@ -298,8 +290,6 @@ _FIT_FLAGS = (
     "workers",
     "cache_dir",
     "augment",
-    "unknown_rate",
-    "coverage",
 )
 
 
@@ -472,7 +462,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(format_trust_predictions(result, args.format))
     if result.failures and args.format != "json":
         print(format_failures(result.failures), file=sys.stderr)
-    if result.notes and args.format != "json":
+    if result.notes and result.predictions and args.format != "json":
         print("\n".join(f"transferkit: note: {n}" for n in result.notes), file=sys.stderr)
     if not result.predictions:
         raise InputError(f"nothing could be predicted ({len(result.failures)} input(s) failed)")
