@@ -312,3 +312,48 @@ def test_small_data_takes_out_of_fold_scores(tmp_path, data):
         len(load_trust(tmp_path / "run").ood_held_out)
         == clf.metrics_["n_train"] + clf.metrics_["n_val"]
     )
+
+
+# ------------------------------------------------------------------- report
+
+
+def test_the_trust_section_shows_reliability_coverage_and_uncertain_images(trust_run, tmp_path):
+    from transferkit.reports.trust_section import run_trust_section
+
+    run, _, _ = trust_run
+    html = run_trust_section(run)
+    assert html.count("<img") >= 2 + 1  # reliability, coverage curve, thumbnails
+    assert 'alt="reliability diagram before and after calibration"' in html
+    assert 'alt="coverage against set size"' in html
+    assert "least sure of" in html and 'class="thumb"' in html
+    assert "mahalanobis OOD score" in html and "24 validation images" in html
+    old = shutil.copytree(run, tmp_path / "old")
+    (old / "trust.json").unlink()
+    html = run_trust_section(old)
+    assert "fitted before transferkit recorded" in html and "coverage against" not in html
+
+
+def test_the_trust_section_is_a_pure_function_of_the_stored_data():
+    from PIL import Image
+
+    from transferkit.reports.trust_section import coverage_curve, trust_section, uncertain_rows
+
+    rng = np.random.default_rng(4)
+    probs, labels = _exchangeable(rng, 200, k=3)
+    held_out = list(nonconformity(*_exchangeable(rng, 100, k=3)))
+    trust = TrustState(ood_held_out=list(range(30)), conformal_held_out=held_out).to_json()
+    curve = coverage_curve(held_out, probs, labels)
+    assert [c["target"] for c in curve][:1] == [0.5]
+    sizes = [c["mean_set_size"] for c in curve]
+    assert sizes == sorted(sizes)  # more coverage costs larger sets
+    rows = [
+        {"split": "val", "path": f"{i}.png", "label": "abc"[y], "probs": list(p)}
+        for i, (p, y) in enumerate(zip(probs, labels, strict=True))
+    ]
+    uncertain = uncertain_rows(rows, ["a", "b", "c"], 0.9, limit=3)
+    assert len(uncertain) == 3 and len(uncertain[0]["set"]) >= len(uncertain[-1]["set"])
+    uncertain[0]["image"] = Image.new("RGB", (8, 8))
+    html = trust_section(trust, probs, labels, 1.5, uncertain, "test")
+    assert "<b>a or b" in html or " or " in html
+    assert "image unavailable" in html  # the others had no image
+    assert "at least 90% of sets" in html
