@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import FAST_FIT, make_image_folder
 from transferkit.cli import main
@@ -357,3 +358,97 @@ def test_the_trust_section_is_a_pure_function_of_the_stored_data():
     assert "<b>a or b" in html or " or " in html
     assert "image unavailable" in html  # the others had no image
     assert "at least 90% of sets" in html
+
+
+# ------------------------------------------------------------ test-time augmentation
+
+
+class _Columns(torch.nn.Module):
+    """Features that see where things are: flipping the image changes them."""
+
+    def forward_features(self, x):
+        return x[:, :, 0, :]  # (B, C, W): the first row, left to right, per channel
+
+
+def test_tta_averages_the_logits_of_the_image_and_its_mirror_image():
+    from transferkit.heads import ClassifierHead, TransferModel
+
+    torch.manual_seed(0)
+    head = ClassifierHead(4, 3)
+    head.layers[0] = torch.nn.Flatten()  # the row as it is, order kept
+    model = TransferModel(_Columns(), head).eval()
+    x = torch.randn(2, 1, 2, 4)
+    plain, mirrored = model(x), model(torch.flip(x, dims=(3,)))
+    assert not torch.allclose(plain, mirrored)
+    model.set_tta(True)
+    assert torch.allclose(model(x), (plain + mirrored) / 2)
+    state = model.state_dict()
+    assert float(state["tta"]) == 1.0
+    fresh = TransferModel(_Columns(), head)
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh.eval()(x), (plain + mirrored) / 2)
+    del state["tta"]  # weights saved before test-time augmentation existed
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh(x), plain)
+
+
+def test_tta_is_kept_only_if_it_improves_validation():
+    from transferkit.heads import ClassifierHead
+    from transferkit.trust.tta import tta_decision
+
+    head = ClassifierHead(4, 3)
+    labels = np.array([0, 1, 2, 0])
+    good = np.eye(3)[labels] * 4.0
+    bad = np.roll(good, 1, axis=1)
+    helps = tta_decision(head, good * 0.5, good, labels)  # the mirror view is surer
+    assert helps["kept"] and helps["val_log_loss"]["with"] < helps["val_log_loss"]["without"]
+    hurts = tta_decision(head, good, bad, labels)
+    assert not hurts["kept"]
+    assert hurts["val_accuracy"]["with"] < hurts["val_accuracy"]["without"] == 1.0
+
+
+def test_fit_with_tta_records_both_numbers_and_its_decision(trust_run, tmp_path):
+    from transferkit.estimator import TransferClassifier
+
+    _, data, _ = trust_run
+    clf = TransferClassifier(
+        "test_resnet", "feature-extract", weights="none", tta=True,
+        cache_dir=str(tmp_path / "cache"), **FAST_FIT,
+    )  # fmt: skip
+    clf.fit(data, run_dir=tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())["tta"]
+    assert record["method"] == "hflip" and record["images"] == 24
+    assert set(record["val_log_loss"]) == set(record["val_accuracy"]) == {"without", "with"}
+    kept = record["val_log_loss"]["with"] < record["val_log_loss"]["without"]
+    kept = kept and record["val_accuracy"]["with"] >= record["val_accuracy"]["without"]
+    assert record["kept"] == kept == bool(clf.model_.tta)
+
+
+def test_a_run_with_tta_predicts_the_mirror_average_and_onnx_agrees(trust_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from transferkit.estimator import TransferClassifier
+    from transferkit.predict import load_predictor
+
+    run, data, _ = trust_run
+    images = sorted(str(p) for p in (data / "test").rglob("*.png"))
+    plain = load_predictor(run)
+    clf = TransferClassifier.load(run)
+    clf.model_.set_tta(True)
+    clf.save(tmp_path / "tta")
+    shutil.copy(run / "trust.json", tmp_path / "tta")
+    shutil.copy(run / "trust.safetensors", tmp_path / "tta")
+    with_tta = load_predictor(tmp_path / "tta")
+    pixels = np.stack([plain._pixels(plain_image(p, plain)) for p in images])
+    mirrored = pixels[..., ::-1].copy()
+    expected = plain.probabilities((plain.logits_fn(pixels) + plain.logits_fn(mirrored)) / 2)
+    _, got, _ = with_tta.predict_proba_files(images)
+    assert np.abs(got - expected).max() <= 1e-5
+    assert main(["export", str(tmp_path / "tta"), "--out", str(tmp_path / "m.onnx")]) == 0
+    _, onnx, _ = load_predictor(tmp_path / "m.onnx").predict_proba_files(images)
+    assert np.abs(onnx - got).max() <= 1e-4
+
+
+def plain_image(path, predictor):
+    from transferkit.data import open_image
+
+    return open_image(path, channels=predictor.channels, side=predictor.side)

@@ -70,6 +70,8 @@ class FitConfig:
     # may be called unknown, and the coverage of the conformal prediction sets
     unknown_rate: float = 0.05
     coverage: float = 0.9
+    # test-time augmentation (mirror images), kept only if it improves validation
+    tta: bool = False
 
     def validate(self) -> FitConfig:
         """Check every setting; an :class:`InputError` names the first bad one, the
@@ -117,6 +119,8 @@ class FitConfig:
 
         check_rate(self.unknown_rate)
         check_coverage(self.coverage)
+        if not isinstance(self.tta, bool):
+            raise InputError(f"tta must be true or false, got {self.tta!r}")
 
     def _check_gentle_fine_tuning(self) -> None:
         """Fine-tuning runs 10-100x below the head's learning rate: a pretrained base

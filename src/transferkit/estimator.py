@@ -115,6 +115,8 @@ class TransferClassifier(metaclass=_Settings):
             (the OOD threshold is chosen on held-out images for it).
         coverage: how often a prediction set must hold the true class (split
             conformal, on held-out images).
+        tta: try test-time augmentation (the mean over the image and its mirror
+            image); the run keeps it only if it improves validation.
         verbose: show progress and log lines on stderr while fitting (when the
             program has not configured logging itself); ``False`` is silent.
     """
@@ -154,6 +156,7 @@ class TransferClassifier(metaclass=_Settings):
         cache_dir: str | None = None,
         unknown_rate: float = 0.05,
         coverage: float = 0.9,
+        tta: bool = False,
         verbose: bool = True,
     ):
         # every setting stored unchanged under its own name (scikit-learn's rule)

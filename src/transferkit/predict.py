@@ -201,8 +201,8 @@ class Predictor:
 
         def outputs_fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             with torch.inference_mode():
-                feats = model.backbone.forward_features(nhwc_input(torch.from_numpy(x).to(device)))
-                logits, pooled = model.head(feats), model.head.layers[0](feats)
+                inputs = nhwc_input(torch.from_numpy(x).to(device))
+                logits, pooled = model.logits_and_features(inputs)
                 return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
 
         trust = getattr(model, "trust", None)

@@ -81,6 +81,8 @@ def save_run(
     trust = getattr(model, "trust", None)
     save_trust(run, trust)
     own = {**calibration_record(model, predictions), **trust_record(trust, predictions)}
+    if getattr(model, "tta_record", None) is not None:
+        own["tta"] = model.tta_record
     metrics = {**own, **metrics}
     atomic_write_text(run / METRICS, to_json(metrics))
     atomic_write_text(run / HISTORY, history_csv(history))

@@ -73,21 +73,24 @@ def held_out_logits(model, pooled: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def pooled_features(inputs, result, examples, split: str) -> np.ndarray:
-    """The pooled features the final model's head sees for ``examples``: from the
-    feature cache when the base stayed frozen, else through the trained backbone."""
+def pooled_features(inputs, result, examples, split: str, view: str | None = None) -> np.ndarray:
+    """The pooled features the final model's head sees for ``examples`` (``view``:
+    ``"hflip"`` for their mirror images): from the feature cache when the base stayed
+    frozen, else through the trained backbone."""
     from ..distributed import SINGLE
-    from ..strategies.base import cached_features, image_dataset, make_loader
+    from ..strategies.base import VIEWS, cached_features, image_dataset, make_loader
 
     model = result.model
     pool = model.head.layers[0]
     if not examples:
         return np.zeros((0, model.head.in_features), dtype=np.float32)
     if result.frozen_base:
-        x = cached_features(inputs, examples, split, collective=SINGLE)
+        x = cached_features(inputs, examples, split, collective=SINGLE, view=view)
         return pool(x.float()).numpy()
     compute = inputs.runtime.compute
-    loader = make_loader(inputs, image_dataset(inputs, examples, train=False), shuffle=False)
+    dataset = image_dataset(inputs, examples, train=False)
+    dataset = VIEWS[view](dataset) if view is not None else dataset
+    loader = make_loader(inputs, dataset, shuffle=False)
     chunks = []
     model.eval()
     for x, _ in loader:
