@@ -17,7 +17,9 @@ weights), then:
      pooled features (statistics from the run's labelled images), its AUROC against
      each unknown set: the measurement the run's choice rests on;
   3. the run exported to ONNX: max |probability difference| against ``predict`` on the
-     test images.
+     test images;
+  4. the same fit with ``tta=True``: the test-time augmentation decision, its
+     validation numbers, and the test accuracy with it (not part of the acceptance).
 
 Writes the JSON (with an ``acceptance`` block of ``met`` flags) to stdout and --out:
 
@@ -184,6 +186,12 @@ def measure(root: Path, seed: int) -> dict:
     table = candidates(run, {k: sets[k] for k in ("data", "digits", "fm_heldout")})
     say("onnx ...")
     onnx = onnx_check(run, root, sets["data"])
+    say("fit with tta ...")
+    tta = TransferClassifier(
+        seed=seed, cache_dir=str(root / "tk-features"), verbose=False, tta=True
+    )
+    tta.fit(sets["data"], run_dir=root / "run-tta")
+    tta_metrics = json.loads((root / "run-tta" / "metrics.json").read_text())
     ev = evaluations["digits"]
     fields = (
         "accuracy", "ece", "ece_uncalibrated", "temperature", "coverage", "mean_set_size",
@@ -216,6 +224,13 @@ def measure(root: Path, seed: int) -> dict:
         "evaluate": {name: {k: e.get(k) for k in fields} for name, e in evaluations.items()},
         "ood_candidates_auroc": table,
         "onnx": onnx,
+        "tta": {
+            "record": tta_metrics.get("tta"),
+            "test_accuracy": {
+                "without": m.get("test_accuracy"),
+                "with": tta_metrics.get("test_accuracy"),
+            },
+        },
         "acceptance": acceptance(ev, evaluations["fm_heldout"], onnx),
     }
 
