@@ -308,7 +308,8 @@ def test_small_data_takes_out_of_fold_scores(tmp_path, data):
     )
     clf.fit(data, run_dir=tmp_path / "run")
     assert clf.metrics_["selection"]["validation_pooled"]
-    assert clf.metrics_["trust_source"] == "out-of-fold"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["trust_source"] == "out-of-fold"
     assert (
         len(load_trust(tmp_path / "run").ood_held_out)
         == clf.metrics_["n_train"] + clf.metrics_["n_val"]

@@ -273,7 +273,7 @@ class TransferClassifier(metaclass=_Settings):
         self.classes_ = fitted.classes
         self.config_ = result.config  # the plan's choices included (image size, cut, ...)
         self.history_ = list(result.history)
-        self.metrics_ = _with_trust_fields(fitted.metrics, result.model, fitted.predictions)
+        self.metrics_ = fitted.metrics
         self.predictions_ = fitted.predictions
         self.data_report_ = fitted.data_report
         self.split_ = fitted.split
@@ -380,16 +380,6 @@ class TransferClassifier(metaclass=_Settings):
         data_config, _ = preprocessing_of(loaded)
         clf.model_.backbone.data_config = data_config
         return clf
-
-
-def _with_trust_fields(metrics: dict, model, predictions) -> dict:
-    """``metrics`` with the trust fields metrics.json gets (``runs.trust_record``),
-    for a model that has trust data (rank 0's)."""
-    if getattr(model, "trust", None) is None:
-        return metrics
-    from .runs import trust_record
-
-    return {**trust_record(model.trust, predictions), **metrics}
 
 
 def load(run_dir: str | Path, **kwargs) -> TransferClassifier:
