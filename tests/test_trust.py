@@ -453,3 +453,15 @@ def plain_image(path, predictor):
     from transferkit.data import open_image
 
     return open_image(path, channels=predictor.channels, side=predictor.side)
+
+
+def test_wide_features_get_a_per_dimension_variance_not_a_huge_matrix(monkeypatch):
+    from transferkit.trust import ood
+
+    monkeypatch.setattr(ood, "MAX_FULL_COVARIANCE", 8)
+    rng = np.random.default_rng(5)
+    x, y = _clusters(rng, d=16)
+    stats = fit_feature_stats(x, y, 3)
+    assert set(stats) == {"means", "variances"} and stats["variances"].shape == (16,)
+    known = ood_scores("mahalanobis", None, x[::3] + rng.normal(0, 0.1, x[::3].shape), stats)
+    assert auroc(known, ood_scores("mahalanobis", None, rng.normal(0, 1, (40, 16)), stats)) > 0.99

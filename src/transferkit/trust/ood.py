@@ -5,7 +5,7 @@ Every score here is "higher = more unusual", so one threshold rule serves all:
 - ``mahalanobis``: the squared Mahalanobis distance of the image's pooled features
   (what the head sees, L2-normalised) to the nearest class mean, with one covariance
   shared by the classes (Ledoit-Wolf shrinkage: there are more feature dimensions
-  than images);
+  than images; per dimension for features wider than 4,096);
 - ``knn``: one minus the cosine similarity to the k-th nearest training image;
 - ``energy``: ``-logsumexp(logits)``; ``max_logit``: ``-max(logits)``;
   ``msp``: one minus the largest softmax probability.
@@ -32,6 +32,9 @@ METHODS = ("mahalanobis", "knn", "energy", "max_logit", "msp")
 FEATURE_METHODS = ("mahalanobis", "knn")
 DEFAULT_METHOD = "mahalanobis"
 KNN_K = 10
+# wider features (a flattening head's) get a per-dimension variance instead of a full
+# covariance: 4096 x 4096 float64 is 128 MiB, and 50,000 wide would be 20 GB
+MAX_FULL_COVARIANCE = 4096
 
 
 def _normalised(features) -> np.ndarray:
@@ -54,6 +57,10 @@ def fit_feature_stats(features, labels, num_classes: int, method: str = DEFAULT_
     for k in present:
         means[k] = x[labels == k].mean(0)
     centred = x - means[labels]
+    if x.shape[1] > MAX_FULL_COVARIANCE:  # a D x D matrix would not fit: per dimension
+        var = centred.var(0)
+        var = 0.5 * var + 0.5 * var.mean() + 1e-12  # shrunk toward the mean variance
+        return {"means": means[present].astype(np.float32), "variances": var.astype(np.float32)}
     cov, _ = ledoit_wolf(centred, assume_centered=True)
     precision = np.linalg.pinv(cov, hermitian=True)
     return {
@@ -87,8 +94,13 @@ def ood_scores(method: str, logits, features, stats: dict | None = None) -> np.n
 
 def _mahalanobis(x: np.ndarray, stats: dict) -> np.ndarray:
     means = np.asarray(stats["means"], dtype=np.float64)
-    precision = np.asarray(stats["precision"], dtype=np.float64)
     best = np.full(len(x), np.inf)
+    if "variances" in stats:
+        inverse = 1.0 / np.asarray(stats["variances"], dtype=np.float64)
+        for mean in means:
+            best = np.minimum(best, ((x - mean) ** 2 * inverse).sum(1))
+        return best
+    precision = np.asarray(stats["precision"], dtype=np.float64)
     for mean in means:
         d = x - mean
         best = np.minimum(best, np.einsum("ij,jk,ik->i", d, precision, d, optimize=True))
