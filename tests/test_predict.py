@@ -219,7 +219,10 @@ def test_predict_on_a_mixed_folder_predicts_the_good_and_lists_the_bad(
     out, err = capsys.readouterr()
     assert rc == 0
     rows = out.strip().splitlines()
-    assert rows[0].split() == ["path", "prediction", "confidence", "class_2", "probability_2"]
+    assert rows[0].split() == [
+        "path", "prediction", "confidence", "unknown", "ood_score", "prediction_set",
+        "class_2", "probability_2",
+    ]  # fmt: skip
     predicted = {line.split()[0]: line.split()[1] for line in rows[1:]}
     assert sorted(predicted) == sorted(str(p) for p in mixed_folder.rglob("good*.png"))
     assert set(predicted.values()) == {"red"}

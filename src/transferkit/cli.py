@@ -359,8 +359,28 @@ def _add_evaluate(sub) -> None:
     p.add_argument("run", help="run directory, or an exported .onnx/TorchScript file")
     p.add_argument("data", help="class folders (the test/ split if there is one), or a CSV")
     p.add_argument("--json", action="store_true", help="machine-readable metrics")
+    p.add_argument(
+        "--ood",
+        metavar="FOLDER",
+        help="images of none of the model's classes: adds the AUROC of the OOD score "
+        "and the share of them called unknown",
+    )
+    _add_trust_flags(p)
     _add_inference_flags(p)
     p.set_defaults(handler=_run_evaluate)
+
+
+def _add_trust_flags(p) -> None:
+    p.add_argument(
+        "--unknown-rate",
+        type=float,
+        help="share of known images that may be called unknown (default: the run's)",
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        help="how often a prediction set must hold the true class (default: the run's)",
+    )
 
 
 def _add_inference_flags(p) -> None:
@@ -372,15 +392,48 @@ def _add_inference_flags(p) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     with _loading():
-        from .evaluation import evaluate_run
+        from .evaluation import evaluate_predictor
         from .reports.text import format_evaluation
 
-    ev = evaluate_run(args.run, args.data, device=args.device, batch_size=args.batch_size)
+    predictor = _trusted_predictor(args)
+    ev = evaluate_predictor(predictor, args.data, ood=args.ood)
     if args.json:
         _print_json(ev.to_dict())
     else:
         print(format_evaluation(ev))
+        print(format_trust_evaluation(ev.trust))
     return 0
+
+
+def _trusted_predictor(args: argparse.Namespace):
+    """The model's predictor with --unknown-rate/--coverage applied (no refit: the
+    thresholds come from the run's held-out scores)."""
+    from .predict import load_predictor
+
+    predictor = load_predictor(args.run, device=args.device, batch_size=args.batch_size)
+    return predictor.with_trust_settings(args.unknown_rate, args.coverage)
+
+
+def format_trust_evaluation(fields: dict) -> str:
+    """evaluate's trust lines: prediction sets, unknown shares, notes."""
+
+    def show(value, fmt="{:.4f}"):
+        return "n/a" if value is None else fmt.format(value)
+
+    lines = [
+        f"prediction sets: coverage {show(fields.get('coverage'))} (target "
+        f"{show(fields.get('coverage_target'), '{:g}')}), mean size "
+        f"{show(fields.get('mean_set_size'), '{:.2f}')}",
+        f"called unknown: {show(fields.get('unknown_share'))} of these images (allowed "
+        f"{show(fields.get('unknown_rate'), '{:g}')})",
+    ]
+    if "ood_auroc" in fields:
+        lines.append(
+            f"--ood images: AUROC {show(fields['ood_auroc'])}, called unknown "
+            f"{show(fields.get('ood_unknown_share'))} of {fields['ood_images']}"
+        )
+    lines += [f"note: {n}" for n in fields.get("trust_notes", [])]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------ predict
@@ -392,6 +445,7 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob")
     p.add_argument("--top-k", type=int, default=1, help="classes listed per image (default 1)")
     p.add_argument("--format", choices=PREDICT_FORMATS, default="table", help="output format")
+    _add_trust_flags(p)
     _add_inference_flags(p)
     p.set_defaults(handler=_run_predict)
 
@@ -399,15 +453,19 @@ def _add_predict(sub) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     with _loading():
         from .errors import InputError
-        from .predict import load_predictor
         from .reports.text import format_failures, format_predictions
+        from .trust.text import format_trust_predictions
 
-    predictor = load_predictor(args.run, device=args.device, batch_size=args.batch_size)
+    predictor = _trusted_predictor(args)
     result = predictor.predict(args.inputs, top_k=args.top_k)
-    if result.predictions or args.format == "json":
+    if args.format == "json":
         print(format_predictions(result, args.format))
+    elif result.predictions:
+        print(format_trust_predictions(result, args.format))
     if result.failures and args.format != "json":
         print(format_failures(result.failures), file=sys.stderr)
+    if result.notes and result.predictions and args.format != "json":
+        print("\n".join(f"transferkit: note: {n}" for n in result.notes), file=sys.stderr)
     if not result.predictions:
         raise InputError(f"nothing could be predicted ({len(result.failures)} input(s) failed)")
     if result.failures:

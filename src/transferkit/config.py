@@ -66,6 +66,12 @@ class FitConfig:
     schedule: str = "cosine"
     workers: int | None = None
     cache_dir: str | None = None
+    # how far to trust a prediction (docs/results.md): the share of known images that
+    # may be called unknown, and the coverage of the conformal prediction sets
+    unknown_rate: float = 0.05
+    coverage: float = 0.9
+    # test-time augmentation (mirror images), kept only if it improves validation
+    tta: bool = False
 
     def validate(self) -> FitConfig:
         """Check every setting; an :class:`InputError` names the first bad one, the
@@ -104,7 +110,17 @@ class FitConfig:
         if self.image_size is not None and self.image_size < 8:
             raise InputError(f"--image-size must be >= 8 pixels, got {self.image_size}")
         self.head.validate()
+        self._check_trust()
         return self
+
+    def _check_trust(self) -> None:
+        from .trust.conformal import check_coverage
+        from .trust.ood import check_rate
+
+        check_rate(self.unknown_rate)
+        check_coverage(self.coverage)
+        if not isinstance(self.tta, bool):
+            raise InputError(f"tta must be true or false, got {self.tta!r}")
 
     def _check_gentle_fine_tuning(self) -> None:
         """Fine-tuning runs 10-100x below the head's learning rate: a pretrained base

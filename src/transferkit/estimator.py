@@ -111,6 +111,12 @@ class TransferClassifier(metaclass=_Settings):
             label, then refitted on all), ``"holdout"`` (the validation split),
             ``"auto"`` (``cv`` when the data are small).
         workers: data loader processes; cache_dir: the feature cache folder.
+        unknown_rate: the share of known images a prediction may call ``unknown``
+            (the OOD threshold is chosen on held-out images for it).
+        coverage: how often a prediction set must hold the true class (split
+            conformal, on held-out images).
+        tta: try test-time augmentation (the mean over the image and its mirror
+            image); the run keeps it only if it improves validation.
         verbose: show progress and log lines on stderr while fitting (when the
             program has not configured logging itself); ``False`` is silent.
     """
@@ -148,6 +154,9 @@ class TransferClassifier(metaclass=_Settings):
         selection: str = "auto",
         workers: int | None = None,
         cache_dir: str | None = None,
+        unknown_rate: float = 0.05,
+        coverage: float = 0.9,
+        tta: bool = False,
         verbose: bool = True,
     ):
         # every setting stored unchanged under its own name (scikit-learn's rule)

@@ -55,10 +55,13 @@ class Evaluation:
     skipped: list[dict] = field(default_factory=list)
     temperature: float = 1.0
     ece_uncalibrated: float | None = None
+    trust: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The metrics' own fields first (``ece_uncalibrated`` and ``temperature``
-        right after ``ece``), then where they come from."""
+        right after ``ece``), the trust fields (``coverage``, ``mean_set_size``,
+        ``unknown_share``, with ``--ood`` ``ood_auroc`` and ``ood_unknown_share``),
+        then where they come from."""
         metrics = {}
         for key, value in self.metrics.to_dict().items():
             metrics[key] = value
@@ -67,6 +70,7 @@ class Evaluation:
                 metrics["temperature"] = self.temperature
         return {
             **metrics,
+            **self.trust,
             "split": self.split,
             "data": self.data,
             "model": self.model,
@@ -82,6 +86,7 @@ def evaluate_run(
     batch_size: int = 64,
     top_k: Iterable[int] = (1, 3, 5),
     backbone=None,
+    ood=None,
 ) -> Evaluation:
     """Evaluate a run directory (or exported model file) on DATA.
 
@@ -92,21 +97,24 @@ def evaluate_run(
         batch_size: images per forward pass.
         top_k: which top-k accuracies to report (k below the class count).
         backbone: the backbone module, for a run trained on a Python module.
+        ood: a folder (file, glob) of images of none of the model's classes: adds the
+            AUROC of the OOD score telling them from DATA's images, and the share of
+            them called unknown.
 
     Raises:
         InputError: the model fails to load (e.g. altered weights), DATA is unusable,
             or DATA holds a class the model does not know.
     """
     predictor = load_predictor(model, device=device, batch_size=batch_size, backbone=backbone)
-    return evaluate_predictor(predictor, data, top_k=top_k)
+    return evaluate_predictor(predictor, data, top_k=top_k, ood=ood)
 
 
 def evaluate_predictor(
-    predictor: Predictor, data, *, top_k: Iterable[int] = (1, 3, 5)
+    predictor: Predictor, data, *, top_k: Iterable[int] = (1, 3, 5), ood=None
 ) -> Evaluation:
     """Evaluate an already loaded predictor on DATA (see :func:`evaluate_run`)."""
     paths, labels, split, skipped = evaluation_examples(data, predictor.classes)
-    done, probs, failures = predictor.predict_proba_files(paths)
+    done, probs, scores, failures = predictor.score_files(paths)
     skipped += [f.to_dict() for f in failures]
     if not done:
         raise InputError(f"none of the {len(paths)} images in {os.fspath(data)!r} could be read")
@@ -115,7 +123,47 @@ def evaluate_predictor(
     metrics = compute_metrics(probs, y, predictor.classes, top_k=top_k)
     temperature = predictor.temperature
     before = expected_calibration_error(rescale(probs, 1 / temperature), y)
-    return Evaluation(metrics, split, _name(data), predictor.source, skipped, temperature, before)
+    trust = trust_fields(predictor, probs, y, scores, ood)
+    return Evaluation(
+        metrics, split, _name(data), predictor.source, skipped, temperature, before, trust
+    )
+
+
+def trust_fields(predictor: Predictor, probs, labels, scores, ood=None) -> dict:
+    """``coverage`` and ``mean_set_size`` of the prediction sets, ``unknown_share``
+    (known images called unknown), and with ``ood`` images ``ood_auroc`` and
+    ``ood_unknown_share``; null where the model cannot tell, with ``trust_notes``."""
+    from .trust import auroc, set_metrics
+
+    trust = predictor.trust
+    quantile = trust.quantile if trust is not None else None
+    threshold = trust.threshold if trust is not None else None
+    fields = {"coverage": None, "mean_set_size": None}
+    if quantile is not None:
+        fields.update(set_metrics(probs, labels, quantile))
+    fields["coverage_target"] = trust.coverage if trust is not None else None
+    fields["unknown_share"] = _share_above(scores, threshold)
+    fields["unknown_rate"] = trust.unknown_rate if trust is not None else None
+    if ood is not None:
+        from .predict import expand_inputs
+
+        paths, _ = expand_inputs([ood])
+        if not paths:
+            raise InputError(
+                f"--ood {os.fspath(ood)!r}: no image files there; give a folder of images"
+            )
+        _, _, out_scores, _ = predictor.score_files(paths)
+        fields["ood_images"] = len(paths)
+        fields["ood_auroc"] = auroc(scores, out_scores) if scores is not None else None
+        fields["ood_unknown_share"] = _share_above(out_scores, threshold)
+    fields["trust_notes"] = list(predictor.trust_notes)
+    return fields
+
+
+def _share_above(scores, threshold) -> float | None:
+    if scores is None or threshold is None or len(scores) == 0:
+        return None
+    return float(np.mean(np.asarray(scores) > threshold))
 
 
 def evaluation_examples(data, classes: list[str]) -> tuple[list[str], list[int], str, list[dict]]:

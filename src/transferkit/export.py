@@ -156,6 +156,10 @@ def export_model(
     meta = _sidecar(result, interface, _preprocessing(preprocessing, transform), source, opset)
     # the graph's logits are already divided by the head's calibration temperature
     meta["temperature"] = float(getattr(getattr(model, "head", None), "temperature", 1.0))
+    # the prediction sets' held-out scores (they need only the probabilities); the OOD
+    # statistics stay in the run: the exported graph gives logits, not features
+    trust = getattr(model, "trust", None)
+    meta["trust"] = trust.to_json() if trust is not None else None
     atomic_write_text(result.sidecar, json.dumps(meta, indent=2))
     return result
 

@@ -169,15 +169,48 @@ def create_head(
 
 
 class TransferModel(nn.Module):
-    """Backbone + head: the model that predicts, fine-tunes, saves and exports."""
+    """Backbone + head: the model that predicts, fine-tunes, saves and exports.
+
+    With test-time augmentation on (:meth:`set_tta`, kept by ``fit`` only when it
+    improved validation), the logits are the mean of the image's and its mirror
+    image's; the flag is the buffer ``tta``, saved with the weights, so predict, the
+    Python API and exported models all apply it."""
 
     def __init__(self, backbone: nn.Module, head: ClassifierHead):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.register_buffer("tta", torch.zeros(()))
+        self._flip = False  # the buffer as a Python bool: traced exports see a constant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x))
+        return self._logits(x, self.backbone.forward_features(x))
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the image's pooled features (what the head sees), from the
+        same pass."""
+        features = self.backbone.forward_features(x)
+        return self._logits(x, features), self.head.layers[0](features)
+
+    def _logits(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The head's logits; with test-time augmentation, their mean with the mirror
+        image's."""
+        logits = self.head(features)
+        if self._flip:
+            mirrored = self.head(self.backbone.forward_features(torch.flip(x, dims=(3,))))
+            logits = (logits + mirrored) / 2
+        return logits
+
+    def set_tta(self, on: bool) -> None:
+        """Average the logits over the image and its mirror image from now on."""
+        self.tta.fill_(1.0 if on else 0.0)
+        self._flip = bool(on)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights saved before test-time augmentation existed carry none: off
+        state_dict.setdefault(prefix + "tta", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._flip = bool(self.tta)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

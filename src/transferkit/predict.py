@@ -33,6 +33,7 @@ from .data.images import decode_copy, extension_problem, special_file, working_c
 from .data.scanning import litter_reason
 from .errors import InputError, MissingDependencyError
 from .runs import file_sha256
+from .trust.state import NOT_RECORDED
 
 SIDECAR_SUFFIX = ".json"
 ONNX_SUFFIXES = (".onnx",)
@@ -55,41 +56,63 @@ class Failure:
 
 @dataclass
 class Prediction:
-    """One image's predicted class, its probability, and the top-k classes.
+    """One image's predicted class, its probability, the top-k classes, and how far
+    to trust it.
 
     Attributes:
         path: the file as found (as given, or joined to the folder it was found in).
         label: the most probable class.
-        confidence: that class's probability.
+        confidence: that class's (calibrated) probability.
         top_k: ``(class, probability)`` pairs, most probable first; ``top_k[0]`` is
             ``(label, confidence)``.
+        unknown: the image looks unlike the training images (its ``ood_score`` is
+            above the run's threshold); None when the model cannot tell (see
+            :attr:`PredictResult.notes`).
+        ood_score: how unlike the training images it is (higher: more unusual).
+        prediction_set: the classes the model cannot rule out at the run's coverage
+            (split conformal), most probable first; None when unknown to the model.
     """
 
     path: str
     label: str
     confidence: float
     top_k: list[tuple[str, float]]
+    unknown: bool | None = None
+    ood_score: float | None = None
+    prediction_set: list[str] | None = None
 
     def to_dict(self) -> dict:
         return {
             "path": self.path,
+            "label": self.label,
             "prediction": self.label,
             "confidence": self.confidence,
+            "unknown": self.unknown,
+            "ood_score": self.ood_score,
+            "prediction_set": self.prediction_set,
             "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
         }
 
 
 @dataclass
 class PredictResult:
-    """Predictions for every readable input and a failure for every other one."""
+    """Predictions for every readable input and a failure for every other one.
+
+    ``trust``: the settings the trust fields were computed with (``unknown_rate``,
+    ``ood_threshold``, ``coverage``, ``conformal_quantile``); ``notes``: why a trust
+    field is null, when one is."""
 
     predictions: list[Prediction] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    trust: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "predictions": [p.to_dict() for p in self.predictions],
             "failures": [f.to_dict() for f in self.failures],
+            "trust": dict(self.trust),
+            "notes": list(self.notes),
         }
 
 
@@ -107,6 +130,10 @@ class Predictor:
         temperature: the calibration temperature the logits are already divided by
             (1.0: uncalibrated); recorded so the uncalibrated probabilities can be
             recovered (``transferkit.calibration.rescale(p, 1 / temperature)``).
+        outputs_fn: like ``logits_fn`` but ``(logits, pooled features)`` from one
+            forward pass (a torch model; None for exported ones).
+        trust: the run's OOD and prediction-set data (``transferkit.trust``), or None.
+        trust_notes: why a trust field is null, when one is.
     """
 
     classes: list[str]
@@ -116,6 +143,25 @@ class Predictor:
     source: str
     batch_size: int = 64
     temperature: float = 1.0
+    outputs_fn: Callable | None = None
+    trust: object = None
+    trust_notes: list[str] = field(default_factory=list)
+
+    def with_trust_settings(self, unknown_rate=None, coverage=None) -> Predictor:
+        """The same predictor with the run's ``unknown_rate`` or ``coverage`` replaced
+        (None: keep); the threshold and quantile are recomputed from the run's
+        held-out scores, no refit. An :class:`InputError` for a bad value, or when
+        the model has no trust data to recompute them from."""
+        import dataclasses
+
+        if unknown_rate is None and coverage is None:
+            return self
+        if self.trust is None:
+            raise InputError(
+                f"--unknown-rate/--coverage: {self.source} has no held-out scores to choose "
+                f"them on ({'; '.join(self.trust_notes)}); leave them out"
+            )
+        return dataclasses.replace(self, trust=self.trust.with_settings(unknown_rate, coverage))
 
     @property
     def channels(self) -> int:
@@ -153,6 +199,13 @@ class Predictor:
             with torch.inference_mode():
                 return model(nhwc_input(torch.from_numpy(x).to(device))).float().cpu().numpy()
 
+        def outputs_fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                inputs = nhwc_input(torch.from_numpy(x).to(device))
+                logits, pooled = model.logits_and_features(inputs)
+                return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
+
+        trust = getattr(model, "trust", None)
         return cls(
             classes=list(classes),
             transform=transform_from(preprocessing),
@@ -161,6 +214,9 @@ class Predictor:
             source="fitted model",
             batch_size=batch_size,
             temperature=float(getattr(model.head, "temperature", 1.0)),
+            outputs_fn=outputs_fn,
+            trust=trust,
+            trust_notes=[] if trust is not None else [NOT_RECORDED],
         )
 
     def predict_proba(self, images: Sequence) -> np.ndarray:
@@ -172,15 +228,23 @@ class Predictor:
                 self._pixels(as_image(item, self.channels, self.side))
                 for item in images[start : start + self.batch_size]
             ]
-            chunks.append(self._batch_probabilities(batch))
+            chunks.append(self._batch_outputs(batch)[0])
         return self._joined(chunks)
 
     def _pixels(self, image) -> np.ndarray:
         """A PIL image as the model's float32 input (the run's evaluation transform)."""
         return np.asarray(self.transform(image), dtype=np.float32)
 
-    def _batch_probabilities(self, pixels: list[np.ndarray]) -> np.ndarray:
-        return self.probabilities(self.logits_fn(np.stack(pixels)))
+    def _batch_outputs(self, pixels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and (when the model can give them) OOD scores of a batch,
+        from one forward pass."""
+        x = np.stack(pixels)
+        if self.trust is None or self.outputs_fn is None:
+            logits = self.logits_fn(x)
+            scores = self.trust.scores(logits, None) if self.trust is not None else None
+            return self.probabilities(logits), scores
+        logits, features = self.outputs_fn(x)
+        return self.probabilities(logits), self.trust.scores(logits, features)
 
     def _joined(self, chunks: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
@@ -193,8 +257,17 @@ class Predictor:
         Returns:
             ``(paths predicted, (N, K) probabilities in that order, failures)``.
         """
+        done, probs, _, failures = self.score_files(paths)
+        return done, probs, failures
+
+    def score_files(
+        self, paths: Sequence[str]
+    ) -> tuple[list[str], np.ndarray, np.ndarray | None, list[Failure]]:
+        """:meth:`predict_proba_files` and the OOD scores of the same files (None when
+        the model cannot give them: see ``trust_notes``)."""
         done: list[str] = []
         chunks: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
         failures: list[Failure] = []
         for start in range(0, len(paths), self.batch_size):
             tensors = []
@@ -207,8 +280,12 @@ class Predictor:
                     continue
                 done.append(path)
             if tensors:
-                chunks.append(self._batch_probabilities(tensors))
-        return done, self._joined(chunks), failures
+                probs, ood = self._batch_outputs(tensors)
+                chunks.append(probs)
+                if ood is not None:
+                    scores.append(ood)
+        ood_all = np.concatenate(scores) if scores and len(scores) == len(chunks) else None
+        return done, self._joined(chunks), ood_all, failures
 
     def predict(self, inputs: Sequence[str | os.PathLike], top_k: int = 1) -> PredictResult:
         """Predict every image that ``inputs`` (files, folders, globs) name.
@@ -222,7 +299,7 @@ class Predictor:
             raise InputError(f"top-k must be a positive integer, got {top_k!r}")
         entries = _expand(inputs)
         paths = [e for e in entries if isinstance(e, str)]
-        done, probs, unreadable = self.predict_proba_files(paths)
+        done, probs, ood, unreadable = self.score_files(paths)
         # Failures in the order the inputs named them, wherever they were found out.
         at = {e: i for i, e in enumerate(entries) if isinstance(e, str)}
         found = [(i, e) for i, e in enumerate(entries) if isinstance(e, Failure)]
@@ -240,7 +317,32 @@ class Predictor:
             )
             for path, row, top in zip(done, probs, order, strict=True)
         ]
-        return PredictResult(predictions, failures)
+        settings, notes = self._add_trust(predictions, probs, ood)
+        return PredictResult(predictions, failures, settings, notes)
+
+    def _add_trust(self, predictions: list[Prediction], probs, ood) -> tuple[dict, list[str]]:
+        """Fill each prediction's ``unknown``, ``ood_score`` and ``prediction_set``
+        where the model can tell; returns the settings used and why a field is null."""
+        from .trust.conformal import prediction_sets
+
+        notes = list(self.trust_notes)
+        if self.trust is None:
+            return {}, notes
+        settings = self.trust.summary()
+        settings = {k: settings[k] for k in ("ood_method", "unknown_rate", "ood_threshold")} | {
+            "coverage": self.trust.coverage,
+            "conformal_quantile": settings["conformal_quantile"],
+        }
+        threshold, quantile = self.trust.threshold, self.trust.quantile
+        notes += self.trust.notes()
+        sets = prediction_sets(probs, quantile) if quantile is not None else None
+        for i, p in enumerate(predictions):
+            if ood is not None:
+                p.ood_score = float(ood[i])
+                p.unknown = bool(ood[i] > threshold) if threshold is not None else None
+            if sets is not None:
+                p.prediction_set = [self.classes[j] for j in sets[i]]
+        return settings, notes
 
 
 def as_image(item, channels: int, side: int | None = None):
@@ -484,6 +586,7 @@ def _jit_load(path: Path, device):
 
 
 def _from_sidecar(meta: dict, logits_fn: LogitsFn, source: str, batch_size: int) -> Predictor:
+    trust, notes = _sidecar_trust(meta)
     return Predictor(
         classes=[str(c) for c in meta["classes"]],
         transform=transform_from(meta["preprocessing"]),
@@ -492,4 +595,28 @@ def _from_sidecar(meta: dict, logits_fn: LogitsFn, source: str, batch_size: int)
         source=source,
         batch_size=batch_size,
         temperature=float(meta.get("temperature", 1.0)),
+        trust=trust,
+        trust_notes=notes,
     )
+
+
+EXPORT_OOD_NOTE = (
+    "ood_score and unknown need the image's features, which an exported model does not "
+    "give (it gives logits): predict with the run directory for them"
+)
+
+
+def _sidecar_trust(meta: dict):
+    """The prediction-set data a sidecar carries (the OOD score's statistics stay in
+    the run), and why a trust field will be null."""
+    from .trust.ood import FEATURE_METHODS
+    from .trust.state import trust_from_json
+
+    record = meta.get("trust")
+    if not isinstance(record, dict):
+        return None, [NOT_RECORDED]
+    try:
+        trust = trust_from_json(record)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"the sidecar's trust record is not valid ({exc}); export again") from None
+    return trust, [EXPORT_OOD_NOTE] if trust.method in FEATURE_METHODS else []

@@ -44,6 +44,8 @@ from .run_files import (  # re-exported: the names and formats of a run's files
     read_history,
     to_json,
 )
+from .trust.conformal import set_metrics
+from .trust.state import NOT_RECORDED, TRUST, TRUST_STATS, load_trust, save_trust
 
 log = logging.getLogger("transferkit")
 
@@ -73,10 +75,15 @@ def save_run(
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     # a previous run here stops being one first, and leaves nothing the new one lacks
-    for name in (CONFIG, DATA_REPORT, PREDICTIONS):
+    for name in (CONFIG, DATA_REPORT, PREDICTIONS, TRUST, TRUST_STATS):
         (run / name).unlink(missing_ok=True)
     save_tensors(run / WEIGHTS, model.state_dict(), metadata={"format": "transferkit-run"})
-    metrics = {**calibration_record(model, predictions), **metrics}
+    trust = getattr(model, "trust", None)
+    save_trust(run, trust)
+    own = {**calibration_record(model, predictions), **trust_record(trust, predictions)}
+    if getattr(model, "tta_record", None) is not None:
+        own["tta"] = model.tta_record
+    metrics = {**own, **metrics}
     atomic_write_text(run / METRICS, to_json(metrics))
     atomic_write_text(run / HISTORY, history_csv(history))
     if data_report is not None:
@@ -104,6 +111,30 @@ def calibration_record(model: TransferModel, predictions: list[dict] | None) -> 
         probs = np.array([r["probs"] for r in rows], dtype=np.float64)
         labels = np.array([int(r["label"]) for r in rows])
         record.update(calibration_fields(probs, labels, temperature), ece_split=split)
+    return record
+
+
+def trust_record(trust, predictions: list[dict] | None) -> dict:
+    """metrics.json's trust fields: the OOD method, threshold and rate, the conformal
+    quantile and coverage asked for, and on the evaluated images (test, else
+    validation) the ``coverage`` and ``mean_set_size`` of the prediction sets. A
+    model without trust data (a run from before them) gets them null, and why."""
+    if trust is None:
+        return {
+            "ood_method": None,
+            "coverage": None,
+            "mean_set_size": None,
+            "trust_reason": NOT_RECORDED,
+        }
+    record = trust.summary()
+    rows = predictions or []
+    split = "test" if any(r["split"] == "test" for r in rows) else "val"
+    rows = [r for r in rows if r["split"] == split]
+    quantile = trust.quantile
+    if rows and quantile is not None:
+        probs = np.array([r["probs"] for r in rows], dtype=np.float64)
+        labels = np.array([int(r["label"]) for r in rows])
+        record.update(set_metrics(probs, labels, quantile), coverage_split=split)
     return record
 
 
@@ -178,6 +209,7 @@ def load_run(run_dir: str | Path, *, backbone: nn.Module | None = None) -> Loade
 
     freeze(model)
     model.eval()
+    model.trust = load_trust(run)  # None for a run fitted before trust data existed
     return LoadedRun(model, config, config["classes"], run)
 
 

@@ -34,6 +34,8 @@ from .heads import TransferModel
 from .strategies import get_strategy
 from .strategies.base import TrainingInputs, evaluate_split, extraction
 from .training import History, Interruption, PhaseResult, ProgressReport, Runtime
+from .trust.fit import fit_trust
+from .trust.tta import decide_tta
 
 log = logging.getLogger("transferkit")
 
@@ -56,6 +58,10 @@ class TrainResult:
             (the final evaluation's lookups not included).
         calibration: the temperature fitted on the held-out images (see
             :func:`calibrate`), how many chose it and, when it is 1.0 unfitted, why.
+        trust: the OOD score's statistics and the held-out scores its ``unknown``
+            threshold and the conformal prediction sets come from
+            (:class:`~transferkit.trust.TrustState`; rank 0 only, also set as
+            ``model.trust``).
     """
 
     model: TransferModel
@@ -69,6 +75,7 @@ class TrainResult:
     feature_cache: dict = field(default_factory=dict)
     selection: dict | None = None
     calibration: dict = field(default_factory=dict)
+    trust: object = None
 
 
 def train(
@@ -107,8 +114,7 @@ def train(
     result.model.to(memory_format=torch.contiguous_format).eval()
     cache_stats = vars(features.stats).copy()  # what training used, before evaluation
     evaluations = _evaluate_splits(inputs, result)
-    pooled = bool((result.selection or {}).get("validation_pooled"))
-    calibration = calibrate(result.model, evaluations, inputs.runtime.collective, pooled=pooled)
+    calibration, trust = _after_training(inputs, result, evaluations)
     return TrainResult(
         model=result.model,
         config=inputs.config,
@@ -121,7 +127,25 @@ def train(
         feature_cache=cache_stats,
         selection=result.selection,
         calibration=calibration,
+        trust=trust,
     )
+
+
+def _after_training(inputs: TrainingInputs, result, evaluations: dict) -> tuple[dict, object]:
+    """Test-time augmentation (kept only if it improves validation), then calibration
+    on the held-out probabilities, then the trust data (the OOD score's statistics and
+    the held-out scores its threshold and the prediction sets come from; rank 0)."""
+    pooled = bool((result.selection or {}).get("validation_pooled"))
+    collective = inputs.runtime.collective
+    if collective.is_main:
+        result.model.tta_record = decide_tta(inputs, result, evaluations, pooled=pooled)
+    _share_tta(result.model, collective)
+    calibration = calibrate(result.model, evaluations, collective, pooled=pooled)
+    trust = None
+    if collective.is_main:
+        trust = fit_trust(inputs, result, evaluations, pooled=pooled)
+        result.model.trust = trust  # saved with the run, used by its predictors
+    return calibration, trust
 
 
 def calibrate(
@@ -160,6 +184,14 @@ def calibrate(
     for ev in evaluations.values():
         _rescale_evaluation(ev, fitted["temperature"])
     return fitted
+
+
+def _share_tta(model: TransferModel, collective) -> None:
+    """Under torchrun every process gets rank 0's test-time augmentation decision."""
+    if collective is not None and collective.active:
+        model.set_tta(
+            bool(collective.broadcast_json(bool(model.tta) if collective.is_main else None))
+        )
 
 
 POOLED_REASON = (
