@@ -262,10 +262,14 @@ def test_the_report_shows_calibration_with_a_reliability_diagram(noisy_run):
     ece_before = expected_calibration_error(before, r["labels"])
     assert ece_before == pytest.approx(metrics["ece_uncalibrated"], abs=1e-6)
     page = write_run_report(run).read_text()
-    section = page[page.index('<section id="calibration">') :]
+    section = page[page.index('<section id="trust">') :]
     section = section[: section.index("</section>")]
+    assert "How far to trust it" in section
     assert f"{metrics['ece_uncalibrated']:.4g} before" in section and "after" in section
+    # one reliability diagram in the page, then the unknown threshold and the sets
+    assert page.count('alt="reliability diagram before and after calibration"') == 1
     assert 'alt="reliability diagram before and after calibration"' in section
+    assert "is marked <b>unknown</b>" in section and "Prediction sets" in section
 
 
 def test_the_report_says_why_no_temperature_was_fitted(tmp_path, data):
@@ -276,6 +280,6 @@ def test_the_report_says_why_no_temperature_was_fitted(tmp_path, data):
         "test_resnet", "feature-extract", weights="none", cache_dir=str(tmp_path), **FAST_FIT
     ).fit(data, run_dir=tmp_path / "run")
     page = (tmp_path / "run" / "report.html").read_text()
-    section = page[page.index('<section id="calibration">') :]
+    section = page[page.index('<section id="trust">') :]
     assert "No temperature was fitted (the validation images were trained on" in section
     assert "reliability diagram" not in section[: section.index("</section>")]

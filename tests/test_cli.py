@@ -212,3 +212,12 @@ def test_fit_defaults_read_without_torch_are_fitconfigs():
         if f.default is not dataclasses.MISSING
     }
     assert fit_defaults() == expected
+
+
+def test_trust_settings_are_fit_flags():
+    from transferkit.cli import fit_config_from_args
+
+    cfg = fit_config_from_args(_fit_args("--unknown-rate", "0.1", "--coverage", "0.8", "--tta"))
+    assert (cfg.unknown_rate, cfg.coverage, cfg.tta) == (0.1, 0.8, True)
+    plain = fit_config_from_args(_fit_args())
+    assert (plain.unknown_rate, plain.coverage, plain.tta) == (0.05, 0.9, False)

@@ -288,7 +288,8 @@ def test_overwrite_never_leaves_old_records_beside_a_new_model(tmp_path, data):
             callbacks=[_interrupt_at("fine-tune", 1)],
         )
     left = {p.name for p in run.iterdir()}
-    assert not left & {"config.json", "metrics.json", "history.csv", "report.html"}
+    records = {"config.json", "metrics.json", "history.csv", "report.html", "doctor.json"}
+    assert not left & (records | {"trust.json", "trust.safetensors"})
     assert folder_state(run) == "interrupted"
 
 

@@ -220,6 +220,21 @@ _FIT_OPTIONS: tuple[tuple[tuple[str, ...], dict], ...] = (
         {"action": "store_true", "help": "torch.compile the model for extraction and fine-tuning"},
     ),
     (("--workers",), {"type": int, "help": "data loader processes per process (default: auto)"}),
+    (
+        ("--unknown-rate",),
+        {"type": float, "help": "share of known images that predict may call unknown"},
+    ),
+    (
+        ("--coverage",),
+        {"type": float, "help": "how often a prediction set must hold the true class"},
+    ),
+    (
+        ("--tta",),
+        {
+            "action": "store_true",
+            "help": "try mirror-image averaging; kept only if it improves validation",
+        },
+    ),
     (("--cache-dir",), {"help": "feature cache folder (default: ~/.cache/transferkit/features)"}),
     (
         ("--no-augment",),
@@ -292,6 +307,9 @@ _FIT_FLAGS = (
     "workers",
     "cache_dir",
     "augment",
+    "unknown_rate",
+    "coverage",
+    "tta",
 )
 
 

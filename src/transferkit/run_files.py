@@ -19,6 +19,8 @@ CONFIG, WEIGHTS, METRICS, HISTORY = (
     "history.csv",
 )
 DATA_REPORT, LOG, PREDICTIONS = "data_report.json", "train.log", "predictions.csv"
+TRUST, TRUST_STATS = "trust.json", "trust.safetensors"  # OOD and conformal data
+DOCTOR = "doctor.json"  # written by fit (leaks) and by `doctor --run` (every finding)
 HISTORY_FIELDS = [
     "phase",
     "epoch",

@@ -34,11 +34,14 @@ from .run_files import (
     CHECKPOINT_DIR,
     CONFIG,
     DATA_REPORT,
+    DOCTOR,
     FIT_CONFIG,
     HISTORY,
     LOG,
     METRICS,
     PREDICTIONS,
+    TRUST,
+    TRUST_STATS,
     WEIGHTS,
 )
 
@@ -46,7 +49,10 @@ LOCK = ".lock"
 # what a fit writes into its folder; the report's own names are kept in step with
 # the report builder's by a test (importing it here would pull in matplotlib)
 REPORT_FILES = ("report.html", "plots")
-RUN_FILES = (CONFIG, WEIGHTS, METRICS, HISTORY, DATA_REPORT, LOG, PREDICTIONS, *REPORT_FILES)
+RUN_FILES = (
+    *(CONFIG, WEIGHTS, METRICS, HISTORY, DATA_REPORT, LOG, PREDICTIONS),
+    *(TRUST, TRUST_STATS, DOCTOR, *REPORT_FILES),
+)
 
 NEW, INTERRUPTED, FINISHED, OTHER = "new", "interrupted", "finished", "other"
 

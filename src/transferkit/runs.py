@@ -5,7 +5,10 @@ checkpoints a resume needs, the saved model and its records, the report.
 ``config.json`` (backbone spec, architecture and weights digest, cut, head, classes,
 preprocessing, the resolved fit config, the SHA-256 of the weights file),
 ``model.safetensors``, ``metrics.json``, ``history.csv``, ``data_report.json``,
-``train.log``, ``predictions.csv`` (validation/test probabilities). Every file is
+``train.log``, ``predictions.csv`` (validation/test probabilities), ``trust.json`` and
+``trust.safetensors`` (the OOD statistics, the unknown threshold and the prediction
+sets' quantile), ``doctor.json`` (train/test leaks; every finding after ``doctor
+--run``). Every file is
 written atomically; nothing needs pickle. Loading checks the weights file against its
 recorded digest, so a truncated or altered file is refused instead of giving a wrong
 model.

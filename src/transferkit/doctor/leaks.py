@@ -22,8 +22,6 @@ from .thumbs import thumbnails
 
 log = logging.getLogger("transferkit")
 
-DOCTOR_FILE = "doctor.json"
-
 
 def split_items(splits) -> list[Item]:
     """The loaded examples and the val/test copies loading dropped, as items."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from ..errors import InputError
 from ..run_files import CONFIG, to_json
-from .leaks import DOCTOR_FILE
+from ..run_files import DOCTOR as DOCTOR_FILE
 
 
 def fit_record(data_root: str, leaks: list[dict]) -> dict:

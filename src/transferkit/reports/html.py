@@ -86,6 +86,9 @@ class ReportContent:
         doctor: the data doctor's findings (``RUN/doctor.json`` with thumbnails:
             ``{"source", "suspects", "n_suspects", "leaks": [{"kind", "members"}],
             "outliers"}``, each row with its ``image``).
+        trust_html: the "How far to trust it" part after the calibration numbers
+            (``trust_section.run_trust_section``): the unknown threshold, what the
+            prediction sets promise and cost, the least certain validation images.
         record: the run's ``metrics.json``: its ``phases`` say which epoch's weights were
             saved and how long each phase took; ``val_accuracy``/``test_accuracy`` and
             ``n_val``/``n_test`` are the saved model's headline numbers, shown with their
@@ -105,6 +108,7 @@ class ReportContent:
     reliability: Mapping | None = None
     cells: Sequence[Mapping] | None = None
     doctor: Mapping | None = None
+    trust_html: str | None = None
 
     def __post_init__(self) -> None:
         self.history = list(self.history or [])
@@ -261,9 +265,12 @@ def _sections(
         linked = {(cell["i"], cell["j"]) for cell in c.cells or []}
         body += "\n" + s.confusion_links_table(c.metrics, linked)
         parts.append(("evaluation", "Evaluation", body))
-    if c.reliability is not None:
-        body = s.calibration_section(c.reliability, figures.get("reliability.png"))
-        parts.append(("calibration", "Calibration", body))
+    if c.reliability is not None or c.trust_html:
+        body = ""
+        if c.reliability is not None:
+            body = s.calibration_section(c.reliability, figures.get("reliability.png"))
+        body += "\n" + (c.trust_html or "")
+        parts.append(("trust", "How far to trust it", body))
     parts += _image_sections(c)
     if c.data_report is not None:
         parts.append(("data", "Data report", s.value_html(c.data_report)))

@@ -25,15 +25,15 @@ import numpy as np
 
 from ..data import open_image
 from ..errors import InputError
-from ..run_files import CONFIG, DATA_REPORT, HISTORY, METRICS, PREDICTIONS, read_history
+from ..run_files import CONFIG, DATA_REPORT, DOCTOR, HISTORY, METRICS, PREDICTIONS, read_history
 from ..run_files import read_predictions as _read_prediction_rows
 from .history import FINE_TUNE_PHASE, phase_of
 from .html import write_report
 from .metrics import Metrics, compute_metrics, most_confident_mistakes
+from .trust_section import run_trust_section
 
 REPORT = "report.html"
 PLOTS = "plots"
-DOCTOR = "doctor.json"  # written by fit (leaks) and by `doctor --run` (every finding)
 MAX_MISTAKES = 16
 MAX_CELL_IMAGES = 12  # per wrong confusion cell
 MAX_DOCTOR_ROWS = 24  # suspects and outliers shown; leak groups shown
@@ -80,6 +80,7 @@ def run_report_content(run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MI
         "reliability": _reliability(rows, classes, split, metrics_json),
         "cells": _cells(rows, classes) if metrics is not None else None,
         "doctor": _doctor(doctor) if doctor is not None else None,
+        "trust_html": run_trust_section(run, reliability=False) if metrics is not None else None,
     }
 
 

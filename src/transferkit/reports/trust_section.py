@@ -69,15 +69,17 @@ def trust_section(
     temperature: float,
     uncertain: Sequence[Mapping] = (),
     split: str = "test",
+    reliability: bool = True,
 ) -> str:
     """The section's HTML. ``trust``: the run's ``trust.json`` (None: a run from
     before it, said so); ``probabilities``/``labels``: the evaluated images' calibrated
     probabilities and class indices; ``uncertain``: from :func:`uncertain_rows`, each
-    with an ``image`` (PIL) when it could be opened."""
+    with an ``image`` (PIL) when it could be opened; ``reliability=False`` leaves out
+    the reliability diagram (the report shows it once, with the calibration numbers)."""
     probs = np.asarray(probabilities, dtype=float)
     labels = np.asarray(labels, dtype=np.int64)
     parts = []
-    if len(labels):
+    if len(labels) and reliability:
         before = rescale(probs, 1 / temperature)
         figure = plot_reliability(before, probs, labels)
         parts.append(f"<h3>Calibration ({esc(split)} images)</h3>")
@@ -147,7 +149,7 @@ def _num(value) -> str:
     )
 
 
-def run_trust_section(run_dir: str | Path) -> str:
+def run_trust_section(run_dir: str | Path, reliability: bool = True) -> str:
     """:func:`trust_section` of a run directory (its trust.json, predictions.csv,
     metrics.json and the uncertain validation images, opened where they still are)."""
     import json
@@ -162,7 +164,7 @@ def run_trust_section(run_dir: str | Path) -> str:
     rows = [r for r in read_predictions(run) if r.get("label") in classes]
     split = "test" if any(r["split"] == "test" for r in rows) else "val"
     chosen = [r for r in rows if r["split"] == split]
-    probs = np.array([r["probs"] for r in chosen], dtype=float).reshape(len(chosen), -1)
+    probs = np.array([r["probs"] for r in chosen], dtype=float).reshape(len(chosen), len(classes))
     labels = np.array([classes.index(r["label"]) for r in chosen], dtype=np.int64)
     uncertain = []
     if trust is not None:
@@ -172,7 +174,7 @@ def run_trust_section(run_dir: str | Path) -> str:
         for u in uncertain:
             u["image"] = _open(u.get("path"))
     temperature = float(metrics.get("temperature", 1.0))
-    return trust_section(trust, probs, labels, temperature, uncertain, split)
+    return trust_section(trust, probs, labels, temperature, uncertain, split, reliability)
 
 
 def _open(path):

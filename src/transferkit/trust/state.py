@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..run_files import TRUST, TRUST_STATS
 from .conformal import DEFAULT_COVERAGE, check_coverage, conformal_quantile
 from .ood import DEFAULT_METHOD, ood_scores, threshold_for_rate
 
-TRUST, TRUST_STATS = "trust.json", "trust.safetensors"
 DEFAULT_UNKNOWN_RATE = 0.05
 NOT_RECORDED = "the run was fitted before transferkit recorded OOD and conformal data; fit it again"
 
