@@ -123,11 +123,15 @@ def run_next(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return 0
     print(f"Label next ({len(result.ranked)} of {result.considered} images, most useful first):")
+    print("  rank  score  uncertainty  the model says                path")
     for r in result.ranked:
-        print(
-            f"  {r['rank']:>3}  {r['score']:.3f}  {r['predicted']} {r['probability']:.0%} "
-            f"or {r['runner_up']}  {r['path']}"
-        )
+        says = f"{r['predicted']} {r['probability']:.0%} or {r['runner_up']}"
+        numbers = f"{r['rank']:>4}  {r['score']:.3f}  {r['uncertainty']:>11.3f}"
+        print(f"  {numbers}  {says:<28}  {r['path']}")
+    print(
+        "  (score, when picked: uncertainty times distance to the images picked before, "
+        "relative to the farthest image left; so a few labels cover more ground)"
+    )
     for f in result.unreadable:
         print(f"  not read: {f['path']}: {f['reason']}")
     return 0
