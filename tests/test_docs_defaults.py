@@ -111,6 +111,8 @@ def test_fit_help_shows_fitconfigs_default_for_every_setting():
         default, shown = _fit_default(action.dest), segments[action]
         if action.dest == "augment":  # --no-augment: on unless the flag is given
             assert default is True and "(default: augmented)" in shown
+        elif action.dest == "leak_check":  # --no-leak-check: likewise
+            assert default is True and "(default: checked)" in shown
         elif default is None:  # said in words: pretrained, from the data, ...
             assert "(default: " in shown and "None" not in shown, shown
         else:
@@ -195,7 +197,7 @@ def test_the_readme_fit_table_lists_every_fit_setting():
     documented = {f for f, _ in _doc_defaults((ROOT / "README.md").read_text())}
     fit = {a.option_strings[-1] for a in _help_segments(("fit",)) if a.dest in _FIT_FLAGS}
     fit |= {f"--{d}" for d in _HEAD_FLAGS}
-    assert fit - {"--no-augment", "--compile"} <= documented
+    assert fit - {"--no-augment", "--no-leak-check", "--compile"} <= documented
 
 
 # ------------------------------------------------------ every --flag is real

@@ -244,6 +244,14 @@ _FIT_OPTIONS: tuple[tuple[tuple[str, ...], dict], ...] = (
             "help": "train without augmentation (default: augmented)",
         },
     ),
+    (
+        ("--no-leak-check",),
+        {
+            "dest": "leak_check",
+            "action": "store_false",
+            "help": "skip the check for images shared between splits (default: checked)",
+        },
+    ),
 )
 
 
@@ -310,6 +318,7 @@ _FIT_FLAGS = (
     "unknown_rate",
     "coverage",
     "tta",
+    "leak_check",
 )
 
 

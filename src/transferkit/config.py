@@ -72,6 +72,8 @@ class FitConfig:
     coverage: float = 0.9
     # test-time augmentation (mirror images), kept only if it improves validation
     tta: bool = False
+    # look for images shared between splits (docs/doctor.md): cheap, on by default
+    leak_check: bool = True
 
     def validate(self) -> FitConfig:
         """Check every setting; an :class:`InputError` names the first bad one, the

@@ -117,6 +117,8 @@ class TransferClassifier(metaclass=_Settings):
             conformal, on held-out images).
         tta: try test-time augmentation (the mean over the image and its mirror
             image); the run keeps it only if it improves validation.
+        leak_check: look for images shared between the splits (exact and near
+            copies) and warn; ``False`` skips it, and the run says it was skipped.
         verbose: show progress and log lines on stderr while fitting (when the
             program has not configured logging itself); ``False`` is silent.
     """
@@ -157,6 +159,7 @@ class TransferClassifier(metaclass=_Settings):
         unknown_rate: float = 0.05,
         coverage: float = 0.9,
         tta: bool = False,
+        leak_check: bool = True,
         verbose: bool = True,
     ):
         # every setting stored unchanged under its own name (scikit-learn's rule)

@@ -48,7 +48,7 @@ class Fitted:
     predictions: list[dict] = field(default_factory=list)
     data_report: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
-    leaks: list[dict] = field(default_factory=list)
+    leaks: list[dict] | None = None  # None: not checked (--no-leak-check)
 
 
 def fit(
@@ -121,7 +121,7 @@ def _fit(
     check_settings(backbone, config, runtime.compute)
     collective.broadcast_module(backbone)  # rank 0's weights, whatever happened elsewhere
     splits = _load_data(data, config, collective)
-    leaks = _leak_check(splits) if collective.is_main else []
+    leaks = _leak_check(splits) if collective.is_main and config.leak_check else None
     record = data_record(splits)
     if resume:
         _check_same_data(run, record, collective)

@@ -75,3 +75,26 @@ def test_pick_prefers_uncertain_images_but_not_twice_the_same_one():
     features = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     uncertainty = np.array([0.9, 0.9, 0.5])
     assert [i for i, _ in pick(features, uncertainty, 2)] == [0, 2]
+
+
+def test_no_leak_check_skips_it_and_the_run_says_so(tmp_path, caplog):
+    from transferkit.cli import build_parser, fit_config_from_args
+    from transferkit.estimator import TransferClassifier
+
+    args = build_parser().parse_args(["fit", "d", "--out", "r", "--no-leak-check"])
+    assert fit_config_from_args(args).leak_check is False
+    data = plant(tmp_path / "data")
+    run = tmp_path / "run"
+    clf = TransferClassifier(
+        "test_resnet",
+        "feature-extract",
+        weights="none",
+        cache_dir=str(tmp_path / "c"),
+        leak_check=False,
+        **FAST_FIT,
+    )
+    with caplog.at_level(logging.WARNING, logger="transferkit"):
+        clf.fit(data, run_dir=run)
+    assert not [r for r in caplog.records if r.getMessage().startswith("leak:")]
+    record = json.loads((run / "doctor.json").read_text())
+    assert record["leak_check"] is False and record["leaks"] == []

@@ -15,8 +15,15 @@ from ..run_files import CONFIG, to_json
 from ..run_files import DOCTOR as DOCTOR_FILE
 
 
-def fit_record(data_root: str, leaks: list[dict]) -> dict:
-    return {"source": "fit", "data": data_root, "leaks": leaks}
+def fit_record(data_root: str, leaks: list[dict] | None) -> dict:
+    """What ``fit`` records: its leak groups; ``leaks=None``: the check was turned
+    off (``--no-leak-check``), said as ``"leak_check": false``, not as no leaks."""
+    return {
+        "source": "fit",
+        "data": data_root,
+        "leaks": leaks or [],
+        "leak_check": leaks is not None,
+    }
 
 
 def write_record(run_dir, record: dict) -> Path:
