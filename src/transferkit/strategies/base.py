@@ -17,7 +17,7 @@ import torch
 
 from ..features import Extraction, FeatureCache, representation_for
 from ..heads import TransferModel
-from ..training import Callback, PhaseResult, Runtime
+from ..training import Callback, Evaluation, PhaseResult, Runtime
 from ..training.callbacks import clone_state
 
 
@@ -59,13 +59,16 @@ class StrategyResult:
     ``frozen_base``: the base stayed frozen, so the final model's predictions on the
     splits can come from cached features. ``selection``: how the model was chosen
     by cross-validation, when it was. ``evaluations``: a split's evaluation the
-    strategy made itself (out-of-fold, for validation images it trained on)."""
+    strategy made itself (out-of-fold, for validation images it trained on).
+    ``out_of_fold``: when validation was pooled, the out-of-fold evaluation of every
+    image the head trained on (training, then validation), in the selecting process."""
 
     model: TransferModel
     phases: list[PhaseResult] = field(default_factory=list)
     frozen_base: bool = True
     selection: dict | None = None
     evaluations: dict = field(default_factory=dict)
+    out_of_fold: Evaluation | None = None
 
 
 def image_dataset(inputs: TrainingInputs, examples, *, train: bool):

@@ -19,6 +19,7 @@ def run(inputs: TrainingInputs) -> StrategyResult:
         result.selection = chosen.selection
         if chosen.val is not None:
             result.evaluations["val"] = chosen.val
+        result.out_of_fold = chosen.pooled
         return result
     head, phase = train_head(inputs)
     return StrategyResult(TransferModel(inputs.backbone, head), [phase], frozen_base=True)

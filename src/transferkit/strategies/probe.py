@@ -63,12 +63,14 @@ def pools_validation(inputs: TrainingInputs) -> bool:
 class SelectedHead:
     """What :func:`fit_selected_head` returns: the head, its phase record, the
     selection (for metrics.json), and (when validation was pooled) the validation
-    split's out-of-fold evaluation."""
+    split's out-of-fold evaluation and, in the process that selected (rank 0), that of
+    every pooled image (training first, then validation)."""
 
     head: ClassifierHead
     phase: PhaseResult
     selection: dict
     val: Evaluation | None = None
+    pooled: Evaluation | None = None
 
 
 def fit_selected_head(inputs: TrainingInputs, *, pool: bool = True) -> SelectedHead:
@@ -113,8 +115,11 @@ def _select_and_fit(inputs: TrainingInputs, head, x, pooled: bool, views) -> Sel
     _record_history(inputs, phase, head, x, y)
     _log_selection(selection, len(y), pooled)
     val = _oof_evaluation(inputs, selection, len(inputs.splits.train)) if pooled else None
+    every = None
+    if pooled and selection.oof_probabilities is not None:
+        every = _evaluation(selection.oof_probabilities, y)
     record = {**selection.to_dict(), "images": len(y), "validation_pooled": pooled}
-    return SelectedHead(head, phase, record, val)
+    return SelectedHead(head, phase, record, val, every)
 
 
 def _share(inputs: TrainingInputs, head, mine: SelectedHead | None) -> SelectedHead:
@@ -130,7 +135,7 @@ def _share(inputs: TrainingInputs, head, mine: SelectedHead | None) -> SelectedH
     if has_val:
         tensors = c.broadcast_tensors({"p": mine.val.probabilities} if c.is_main else None)
         val = _evaluation(tensors["p"], labels_of(inputs.splits.val))
-    return SelectedHead(head, phase, selection, val)
+    return SelectedHead(head, phase, selection, val, mine.pooled if c.is_main else None)
 
 
 def _sample_weight(inputs: TrainingInputs, y: torch.Tensor):

@@ -4,8 +4,8 @@ The OOD statistics come from the training images' pooled features (what the head
 sees). The held-out in-distribution scores both thresholds are chosen on come from
 the validation images, which the final model did not train on; when the
 cross-validated head pooled them into training (small data), from out-of-fold
-scores instead: each fold's features against statistics of the other folds, and
-the out-of-fold probabilities the cross-validation made.
+scores of every pooled image instead: each fold's features against statistics of
+the other folds, and the out-of-fold probabilities the cross-validation made.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ def fit_trust(inputs, result, evaluations: dict, *, pooled: bool) -> TrustState:
         state.ood_held_out = out_of_fold_scores(method, x, y, k)
         state.stats = fit_feature_stats(x, y, k, method)
         state.source = "out-of-fold"
+        oof = getattr(result, "out_of_fold", None)
+        if oof is not None:  # every pooled image's, not only the validation part's
+            state.conformal_held_out = nonconformity(oof.probabilities.double().numpy(), oof.labels)
     else:
         state.stats = fit_feature_stats(train_x, train_y, k, method)
         logits = held_out_logits(result.model, val_x) if method not in FEATURE_METHODS else None
