@@ -314,6 +314,11 @@ def test_small_data_takes_out_of_fold_scores(tmp_path, data):
     pooled = clf.metrics_["n_train"] + clf.metrics_["n_val"]
     # both thresholds from every pooled image, not only the validation part
     assert len(state.ood_held_out) == len(state.conformal_held_out) == pooled
+    from transferkit.reports.trust_section import run_trust_section
+
+    assert "Only roughly here: the held-out scores are the cross-validation" in (
+        run_trust_section(tmp_path / "run")
+    )
 
 
 # ------------------------------------------------------------------- report

@@ -157,9 +157,10 @@ def render_figures(content: ReportContent) -> dict[str, bytes]:
         figures["confusion.png"] = plot_confusion(m.confusion, m.classes)
         figures["per_class.png"] = plot_per_class(m)
     r = content.reliability
-    if r is not None and r.get("temperature", 1.0) != 1.0:
+    if r is not None and len(r.get("labels", [])):
         after = np.asarray(r["probabilities"], dtype=float)
-        before = rescale(after, 1.0 / r["temperature"])
+        t = r.get("temperature", 1.0)
+        before = rescale(after, 1.0 / t) if t != 1.0 else None
         figures["reliability.png"] = plot_reliability(before, after, np.asarray(r["labels"]))
     return figures
 

@@ -205,18 +205,22 @@ def plot_per_class(metrics: Metrics) -> bytes:
     return _png(fig)
 
 
-def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray) -> bytes:
+def plot_reliability(before: np.ndarray | None, after: np.ndarray, labels: np.ndarray) -> bytes:
     """Reliability diagram: accuracy against confidence per bin, before and after
-    temperature scaling; on the diagonal, "90% sure" is right 90% of the time."""
+    temperature scaling (``before=None``: no temperature, one curve of the model's
+    own probabilities); on the diagonal, "90% sure" is right 90% of the time."""
     fig = Figure(figsize=(5.5, 4.5), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
-    for probs, color, name in ((before, VAL_COLOR, "before"), (after, TRAIN_COLOR, "after")):
+    series = [(before, VAL_COLOR, "before calibration"), (after, TRAIN_COLOR, "after calibration")]
+    if before is None:
+        series = [(after, TRAIN_COLOR, "the model's probabilities")]
+    for probs, color, name in series:
         rows = confidence_bins(probs, labels)
         conf, acc, n = (np.array(c) for c in zip(*rows, strict=True))
         sizes = 12 + 120 * n / n.max()
         ax.plot(conf, acc, color=color, alpha=0.6)
-        ax.scatter(conf, acc, s=sizes, color=color, alpha=0.8, label=f"{name} calibration")
+        ax.scatter(conf, acc, s=sizes, color=color, alpha=0.8, label=name)
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (top probability), binned")

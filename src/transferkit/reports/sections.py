@@ -378,7 +378,8 @@ def calibration_section(reliability: Mapping, figure: bytes | None) -> str:
         )
     body = f'<p class="callout info">{esc(text)}</p>'
     if figure is not None:
-        body += img_tag(figure, "reliability diagram before and after calibration")
+        alt = "before and after calibration" if t != 1.0 else "of the model's probabilities"
+        body += img_tag(figure, f"reliability diagram {alt}")
     return body
 
 

@@ -115,7 +115,14 @@ def _settings_html(trust: Mapping) -> str:
         f"Prediction sets hold every class with a probability of at least "
         f"{_num(None if quantile is None else 1 - quantile)}: on images exchangeable with the "
         f"{len(state.conformal_held_out)} held-out ones, at least {state.coverage:.0%} of sets "
-        "hold the true class (on average over images, not for each one).",
+        "hold the true class (on average over images, not for each one)."
+        + (
+            " Only roughly here: the held-out scores are the cross-validation's out-of-fold"
+            " ones, and the cross-validation that chose the head makes them optimistic; the"
+            " curve below shows what the evaluated images got."
+            if state.source == "out-of-fold"
+            else ""
+        ),
     ]
     lines += [esc(n) for n in state.notes()]
     return "".join(f'<p class="callout info">{line}</p>' for line in lines)
