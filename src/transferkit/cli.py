@@ -640,7 +640,6 @@ _COMMANDS = [
     _add_inspect,
     _add_data,
     _add_datasets,
-    add_cache,
     _add_fit,
     _add_evaluate,
     _add_predict,
@@ -650,6 +649,7 @@ _COMMANDS = [
     _add_rank,
     add_doctor,
     add_next,
+    add_cache,
 ]
 
 
