@@ -253,26 +253,31 @@ def per_class_table(metrics: Metrics) -> str:
     return f'<table class="grid"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def figure_html(image, alt: str, caption: str) -> str:
+    """One thumbnail (PIL image; None: a grey "image unavailable" box) with its
+    caption (HTML, escaped by the caller), for the report's image grids."""
+    pic = (
+        img_tag(png_bytes(thumbnail(image)), alt, "thumb")
+        if image is not None
+        else '<div class="noimg">image unavailable</div>'
+    )
+    return f"<figure>{pic}<figcaption>{caption}</figcaption></figure>"
+
+
 def mistakes_section(mistakes: Sequence[Mapping]) -> str:
     """The most confident mistakes as a grid of thumbnails with escaped captions."""
     if not mistakes:
         return "<p>No mistakes: every evaluated example was classified correctly.</p>"
     cells = []
     for m in mistakes:
-        image = m.get("image")
         alt = f"true {m.get('true')}, predicted {m.get('pred')}"
-        pic = (
-            img_tag(png_bytes(thumbnail(image)), alt, "thumb")
-            if image is not None
-            else '<div class="noimg">image unavailable</div>'
-        )
         caption = (
             f"true <b>{esc(m.get('true'))}</b><br>"
             f"pred <b>{esc(m.get('pred'))}</b> ({_pct(m.get('confidence'))})"
         )
         if m.get("path") is not None:
             caption += f'<br><span class="path">{esc(m["path"])}</span>'
-        cells.append(f"<figure>{pic}<figcaption>{caption}</figcaption></figure>")
+        cells.append(figure_html(m.get("image"), alt, caption))
     intro = '<p class="note">Wrong predictions made with the highest confidence first.</p>'
     return f'{intro}<div class="mistakes">{"".join(cells)}</div>'
 
@@ -509,21 +514,12 @@ def confusion_links_table(metrics: Metrics, linked: set[tuple[int, int]]) -> str
     )
 
 
-def _figure(image, alt: str, caption: str) -> str:
-    pic = (
-        img_tag(png_bytes(thumbnail(image)), alt, "thumb")
-        if image is not None
-        else '<div class="noimg">image unavailable</div>'
-    )
-    return f"<figure>{pic}<figcaption>{caption}</figcaption></figure>"
-
-
 def cells_section(cells: Sequence[Mapping]) -> str:
     """One gallery per wrong confusion cell, each reachable from the matrix."""
     parts = []
     for cell in cells:
         figures = [
-            _figure(
+            figure_html(
                 m.get("image"),
                 f"true {cell['true']}, predicted {cell['pred']}",
                 f'{_pct(m.get("confidence"))}<br><span class="path">{esc(m.get("path"))}</span>',
@@ -573,7 +569,7 @@ def doctor_section(doctor: Mapping) -> str:
 
 
 def _grid(rows: Sequence[Mapping], caption) -> str:
-    figures = [_figure(r.get("image"), str(r.get("path")), caption(r)) for r in rows]
+    figures = [figure_html(r.get("image"), str(r.get("path")), caption(r)) for r in rows]
     return f'<div class="mistakes">{"".join(figures)}</div>'
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import rescale
-from .plots import plot_reliability, png_bytes, thumbnail
-from .sections import esc, img_tag
+from .plots import plot_reliability
+from .sections import esc, figure_html, img_tag
 from .trust_plots import plot_coverage_curve
 
 COVERAGE_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
@@ -131,20 +131,14 @@ def _settings_html(trust: Mapping) -> str:
 def _uncertain_html(uncertain: Sequence[Mapping]) -> str:
     cells = []
     for u in uncertain:
-        image = u.get("image")
         alt = f"true {u.get('true')}, could be {' or '.join(u.get('set', []))}"
-        pic = (
-            img_tag(png_bytes(thumbnail(image)), alt, "thumb")
-            if image is not None
-            else '<div class="noimg">image unavailable</div>'
-        )
         caption = (
             f"true <b>{esc(u.get('true'))}</b><br>"
             f"set <b>{esc(' or '.join(u.get('set', [])))}</b> ({u.get('confidence', 0):.0%})"
         )
         if u.get("path") is not None:
             caption += f'<br><span class="path">{esc(u["path"])}</span>'
-        cells.append(f"<figure>{pic}<figcaption>{caption}</figcaption></figure>")
+        cells.append(figure_html(u.get("image"), alt, caption))
     return f'<div class="mistakes">{"".join(cells)}</div>'
 
 
