@@ -11,13 +11,12 @@ inside :func:`_loading`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from .choices import (
     BN_POLICIES,
@@ -33,6 +32,8 @@ from .choices import (
     fit_defaults,
 )
 from .cli_cache import add_cache
+from .cli_loading import _freeze_after_imports
+from .cli_loading import loading as _loading
 from .doctor.cli import add_doctor, add_next
 from .errors import TransferkitError
 
@@ -759,28 +760,6 @@ def _close_options(flag: str, parser: argparse.ArgumentParser) -> list[str]:
     phrase = " ".join(words)
     hits += [a.option_strings[-1] for a in actions if phrase in (a.help or "").lower()]
     return list(dict.fromkeys(hits))[:3]
-
-
-_freeze_after_imports = {"pending": False}
-
-
-@contextlib.contextmanager
-def _loading() -> Iterator[None]:
-    """Import a handler's modules with the collector paused (see transferkit's
-    ``_import_heavy``); under the ``transferkit`` command, freeze what they created
-    once they are in (see :func:`entry_point`)."""
-    import gc
-
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-        if _freeze_after_imports["pending"]:
-            _freeze_after_imports["pending"] = False
-            gc.freeze()
 
 
 def entry_point() -> None:

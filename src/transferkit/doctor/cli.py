@@ -1,28 +1,15 @@
 """The ``doctor`` and ``next`` commands: argparse adders and their handlers.
 
 Nothing heavy is imported before the arguments are parsed (the handlers import the
-library inside ``cli._loading``), so ``transferkit --help`` stays torch-free.
+library inside ``cli_loading.loading``), so ``transferkit --help`` stays torch-free.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 
-
-@contextlib.contextmanager
-def _loading():
-    """Import the handler's modules with the collector paused, as the other commands
-    do (torch, timm: hundreds of thousands of long-lived objects)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+from ..cli_loading import loading as _loading
 
 
 def add_doctor(sub) -> None:
