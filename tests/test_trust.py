@@ -314,7 +314,7 @@ def test_small_data_takes_out_of_fold_scores(tmp_path, data):
     pooled = clf.metrics_["n_train"] + clf.metrics_["n_val"]
     # both thresholds from every pooled image, not only the validation part
     assert len(state.ood_held_out) == len(state.conformal_held_out) == pooled
-    from transferkit.reports.trust_section import run_trust_section
+    from transferkit.reports.run_report import run_trust_section
 
     assert "Only roughly here: the held-out scores are the cross-validation" in (
         run_trust_section(tmp_path / "run")
@@ -325,7 +325,7 @@ def test_small_data_takes_out_of_fold_scores(tmp_path, data):
 
 
 def test_the_trust_section_shows_reliability_coverage_and_uncertain_images(trust_run, tmp_path):
-    from transferkit.reports.trust_section import run_trust_section
+    from transferkit.reports.run_report import run_trust_section
 
     run, _, _ = trust_run
     html = run_trust_section(run)

@@ -87,7 +87,7 @@ class ReportContent:
             ``{"source", "suspects", "n_suspects", "leaks": [{"kind", "members"}],
             "outliers"}``, each row with its ``image``).
         trust_html: the "How far to trust it" part after the calibration numbers
-            (``trust_section.run_trust_section``): the unknown threshold, what the
+            (``run_report.run_trust_section``): the unknown threshold, what the
             prediction sets promise and cost, the least certain validation images.
         record: the run's ``metrics.json``: its ``phases`` say which epoch's weights were
             saved and how long each phase took; ``val_accuracy``/``test_accuracy`` and

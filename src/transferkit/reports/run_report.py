@@ -25,12 +25,21 @@ import numpy as np
 
 from ..data import open_image
 from ..errors import InputError
-from ..run_files import CONFIG, DATA_REPORT, DOCTOR, HISTORY, METRICS, PREDICTIONS, read_history
+from ..run_files import (
+    CONFIG,
+    DATA_REPORT,
+    DOCTOR,
+    HISTORY,
+    METRICS,
+    PREDICTIONS,
+    TRUST,
+    read_history,
+)
 from ..run_files import read_predictions as _read_prediction_rows
 from .history import FINE_TUNE_PHASE, phase_of
 from .html import write_report
 from .metrics import Metrics, compute_metrics, most_confident_mistakes
-from .trust_section import run_trust_section
+from .trust_section import trust_section, uncertain_rows
 
 REPORT = "report.html"
 PLOTS = "plots"
@@ -64,7 +73,8 @@ def run_report_content(run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MI
     metrics_json = _read_json(run / METRICS) or {}
     history = read_history(run) if (run / HISTORY).is_file() else []
     classes = [str(c) for c in config.get("classes", [])]
-    split, rows = _evaluation_rows(run)
+    every = _prediction_rows(run)
+    split, rows = _evaluation_rows(every)
     metrics, mistakes = _metrics_and_mistakes(rows, classes, max_mistakes) if rows else (None, None)
     doctor = _read_json(run / DOCTOR)
     return {
@@ -80,8 +90,44 @@ def run_report_content(run_dir: str | os.PathLike, *, max_mistakes: int = MAX_MI
         "reliability": _reliability(rows, classes, split, metrics_json),
         "cells": _cells(rows, classes) if metrics is not None else None,
         "doctor": _doctor(doctor) if doctor is not None else None,
-        "trust_html": run_trust_section(run, reliability=False) if metrics is not None else None,
+        "trust_html": (
+            _trust_html(run, every, classes, metrics_json, reliability=False)
+            if metrics is not None
+            else None
+        ),
     }
+
+
+def run_trust_section(run_dir: str | os.PathLike, reliability: bool = True) -> str:
+    """The report's "How far to trust it" part of a run directory on its own (its
+    trust.json, predictions.csv, metrics.json, and the least certain validation
+    images, opened where they still are); ``reliability=False`` leaves out the
+    reliability diagram (the report shows it with the calibration numbers)."""
+    run = Path(run_dir)
+    config = _read_json(run / CONFIG, required=True)
+    classes = [str(c) for c in config.get("classes", [])]
+    metrics_json = _read_json(run / METRICS) or {}
+    return _trust_html(run, _prediction_rows(run), classes, metrics_json, reliability)
+
+
+def _trust_html(run: Path, rows: list[dict], classes, metrics_json: dict, reliability: bool):
+    """``trust_section`` of the evaluated split's rows (test, else validation) and the
+    least certain validation images; ``rows``: every row of predictions.csv."""
+    from ..trust.state import trust_from_json
+
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [r for r in rows if r.get("label") in index]
+    split, chosen = _evaluation_rows(rows)
+    probs = np.array([r["probs"] for r in chosen], dtype=float).reshape(len(chosen), len(classes))
+    labels = np.array([index[r["label"]] for r in chosen], dtype=np.int64)
+    trust = _read_json(run / TRUST)
+    uncertain = []
+    if trust is not None:
+        uncertain = uncertain_rows(rows, classes, trust_from_json(trust).quantile)
+        for u in uncertain:
+            u["image"] = _image_or_none(u.get("path"))
+    temperature = float(metrics_json.get("temperature", 1.0))
+    return trust_section(trust, probs, labels, temperature, uncertain, split or "val", reliability)
 
 
 def _cells(rows: list[dict], classes: list[str]) -> list[dict]:
@@ -169,12 +215,16 @@ def unfreeze_epoch(history: list[dict]) -> int | None:
     return None
 
 
-def _evaluation_rows(run: Path) -> tuple[str | None, list[dict]]:
-    """The prediction rows to evaluate: the test split if the run had one, else val."""
+def _prediction_rows(run: Path) -> list[dict]:
+    """Every row of the run's predictions.csv (none when it has none)."""
     try:
-        rows = _read_prediction_rows(run)
+        return _read_prediction_rows(run)
     except (ValueError, KeyError) as exc:
         raise InputError(f"{str(run / PREDICTIONS)!r} cannot be read: {exc}") from None
+
+
+def _evaluation_rows(rows: list[dict]) -> tuple[str | None, list[dict]]:
+    """The prediction rows to evaluate: the test split if the run had one, else val."""
     for split in ("test", "val"):
         chosen = [r for r in rows if r.get("split") == split]
         if chosen:

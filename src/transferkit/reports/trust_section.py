@@ -4,13 +4,12 @@ threshold, and the validation images the model was least sure of.
 
 :func:`trust_section` is pure: it takes the run's stored trust data (``trust.json``
 as a dict), the evaluated prediction rows and the uncertain images, and returns the
-HTML. :func:`run_trust_section` reads them from a run directory.
+HTML. ``run_report.run_trust_section`` reads them from a run directory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -148,41 +147,3 @@ def _num(value) -> str:
         if value is None or not np.isfinite(value)
         else f"{value:.4g}"
     )
-
-
-def run_trust_section(run_dir: str | Path, reliability: bool = True) -> str:
-    """:func:`trust_section` of a run directory (its trust.json, predictions.csv,
-    metrics.json and the uncertain validation images, opened where they still are)."""
-    import json
-
-    from ..run_files import METRICS, read_predictions
-    from ..trust.state import TRUST
-
-    run = Path(run_dir)
-    metrics = json.loads((run / METRICS).read_text()) if (run / METRICS).is_file() else {}
-    classes = list(metrics.get("classes") or [])
-    trust = json.loads((run / TRUST).read_text()) if (run / TRUST).is_file() else None
-    rows = [r for r in read_predictions(run) if r.get("label") in classes]
-    split = "test" if any(r["split"] == "test" for r in rows) else "val"
-    chosen = [r for r in rows if r["split"] == split]
-    probs = np.array([r["probs"] for r in chosen], dtype=float).reshape(len(chosen), len(classes))
-    labels = np.array([classes.index(r["label"]) for r in chosen], dtype=np.int64)
-    uncertain = []
-    if trust is not None:
-        from ..trust.state import trust_from_json
-
-        uncertain = uncertain_rows(rows, classes, trust_from_json(trust).quantile)
-        for u in uncertain:
-            u["image"] = _open(u.get("path"))
-    temperature = float(metrics.get("temperature", 1.0))
-    return trust_section(trust, probs, labels, temperature, uncertain, split, reliability)
-
-
-def _open(path):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.copy()
-    except (OSError, ValueError, TypeError):
-        return None
