@@ -482,14 +482,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     with _loading():
         from .errors import InputError
         from .reports.text import format_failures, format_predictions
-        from .trust.text import format_trust_predictions
 
     predictor = _trusted_predictor(args)
     result = predictor.predict(args.inputs, top_k=args.top_k)
-    if args.format == "json":
+    if args.format == "json" or result.predictions:
         print(format_predictions(result, args.format))
-    elif result.predictions:
-        print(format_trust_predictions(result, args.format))
     if result.failures and args.format != "json":
         print(format_failures(result.failures), file=sys.stderr)
     if result.notes and result.predictions and args.format != "json":

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # imported for type hints only: predict imports the data laye
     from ..predict import Failure, PredictResult
 
 PREDICT_FORMATS = ("table", "json", "csv")
+SET_SEPARATOR = "|"  # between a prediction set's classes in the CSV
 MAX_CONFUSION_CLASSES = 20  # wider matrices do not fit a terminal; JSON has them all
 
 
@@ -59,31 +60,50 @@ def format_metrics(m: Metrics) -> str:
 def format_predictions(result: PredictResult, fmt: str = "table") -> str:
     """Predictions as an aligned table, JSON (failures included) or CSV.
 
-    CSV and table hold the predictions only (one row per image: path, prediction,
-    confidence, then the other top-k classes and probabilities); failures go to
-    :func:`format_failures` so a CSV consumer gets clean rows.
+    CSV and table hold the predictions only, one row per image: the path, the label
+    (the CSV only: the table's prediction column says it), its calibrated confidence,
+    ``unknown``, ``ood_score``, the prediction set, then the other top-k classes and
+    probabilities; failures go to :func:`format_failures` so a CSV consumer gets clean
+    rows. CSV writes a prediction set as its classes joined by ``|`` and an absent
+    value as an empty cell; the table writes a set as ``coat or pullover`` and an
+    absent value as ``-``.
     """
     if fmt not in PREDICT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     if fmt == "json":
         return json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
+    csv_out = fmt == "csv"
     k = max((len(p.top_k) for p in result.predictions), default=1)
-    header = ["path", "prediction", "confidence"]
+    header = ["path", "label", "prediction", "confidence", "unknown", "ood_score"]
+    header.append("prediction_set")
     for rank in range(2, k + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
-    rows = []
-    for p in result.predictions:
-        row = [p.path]
-        for name, prob in p.top_k:
-            row += [name, f"{prob:.6f}" if fmt == "csv" else f"{prob:.4f}"]
-        rows.append(row)
-    if fmt == "csv":
+    rows = [_prediction_row(p, csv_out) for p in result.predictions]
+    if csv_out:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
         return buf.getvalue().rstrip("\n")
-    return _table(header, rows)
+    return _table([h for h in header if h != "label"], [[r[0], *r[2:]] for r in rows])
+
+
+def _prediction_row(p, csv_out: bool) -> list[str]:
+    digits = 6 if csv_out else 4
+    missing = "" if csv_out else "-"
+    if p.unknown is None:
+        unknown = missing
+    else:
+        unknown = ("true" if p.unknown else "false") if csv_out else ("yes" if p.unknown else "no")
+    score = missing if p.ood_score is None else f"{p.ood_score:.{digits}g}"
+    if p.prediction_set is None:
+        members = missing
+    else:
+        members = (SET_SEPARATOR if csv_out else " or ").join(p.prediction_set)
+    row = [p.path, p.label, p.label, f"{p.confidence:.{digits}f}", unknown, score, members]
+    for name, prob in p.top_k[1:]:
+        row += [name, f"{prob:.{digits}f}"]
+    return row
 
 
 def format_failures(failures: Sequence[Failure]) -> str:
