@@ -141,11 +141,10 @@ def auroc(in_scores, out_scores) -> float | None:
     b = np.asarray(out_scores, dtype=np.float64)
     if len(a) == 0 or len(b) == 0:
         return None
-    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
 
-    ranks = rankdata(np.concatenate([a, b]))
-    rank_sum = ranks[len(a) :].sum()
-    return float((rank_sum - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
+    unknown = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
+    return float(roc_auc_score(unknown, np.concatenate([a, b])))
 
 
 def threshold_for_rate(scores, rate: float) -> float:
