@@ -24,6 +24,16 @@ public API:
     on all the files at a batch that both sizes fill several times, for what each
     more file costs, carried to 10,000 files.
 
+  - decode floor (in the scan stage): per file, on one thread, what reading and
+    hashing, a full decode, the reduced-scale decode alone (every entropy-coded
+    block: the check itself) and the scan's own check with its working copy cost;
+    ``full_over_reduced`` is the most any scan that decodes every block can gain
+    over a full-decode scan;
+  - with ``--reference DIR`` (a checkout of earlier code, e.g.
+    ``git worktree add --detach /tmp/before 6ebbc11``): that code's cold scan
+    alternating with this code's, twice each, and its fine-tuning fit, all in this
+    run, for speed-ups taken in one run.
+
 Each stage's own ``load_data`` scan runs before its clock starts. Prints JSON (and
 writes it with --out); each key names its unit.
 
@@ -59,7 +69,9 @@ TARGETS = {  # acceptance on photos, each a ratio measured in one run
     "predict_top1_agreement": 0.99,
     "scan_speedup_over_baseline": 3.0,
     "scan_over_full_decode_same_run": 3.0,
+    "scan_speedup_over_reference_same_run": 3.0,
 }
+DECODE_FLOOR_FILES = 20
 
 
 def parse_args(argv=None):
@@ -77,6 +89,10 @@ def parse_args(argv=None):
     p.add_argument("--fine-tune-epochs", type=int, default=3)
     p.add_argument("--folder", help="where the photos are kept (default: a temporary folder)")
     p.add_argument("--baseline", help="an earlier photos JSON: the scan speed-up against it")
+    p.add_argument(
+        "--reference",
+        help="a checkout of earlier code: its scan and fine-tuning timed in this run too",
+    )
     p.add_argument(
         "--no-scaling", dest="scaling", action="store_false", help="skip the memory-scaling runs"
     )
@@ -141,6 +157,57 @@ def full_decode_scan(folder) -> tuple[float, int]:
     return time.perf_counter() - start, len(files)
 
 
+def decode_floor(folder, image_size: int) -> dict:
+    """Milliseconds per file on one thread, over the first ``DECODE_FLOOR_FILES``
+    photos (best of two passes, so the page cache is warm for all): read + SHA-1; a
+    full decode; the reduced-scale decode the scan does (draft mode at the working
+    side: still every entropy-coded block, which is what finds truncated and broken
+    files); and ``inspect_image`` with the working copy, the scan's whole check.
+    ``full_over_reduced`` bounds what any scan that decodes every block can gain."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from transferkit.data.copies import working_side
+    from transferkit.data.images import draft, inspect_image
+
+    side = working_side(image_size)
+    datas = [p.read_bytes() for p in sorted(Path(folder).rglob("*.jpg"))[:DECODE_FLOOR_FILES]]
+
+    def full(d):
+        with Image.open(io.BytesIO(d)) as img:
+            img.load()
+
+    def reduced(d):
+        with Image.open(io.BytesIO(d)) as img:
+            draft(img, side)
+            img.load()
+
+    def ms(fn) -> float:
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            for d in datas:
+                fn(d)
+            best = min(best, time.perf_counter() - start)
+        return 1000 * best / len(datas)
+
+    read = ms(lambda d: hashlib.sha1(bytes(d)).hexdigest())
+    times = {
+        "files": len(datas),
+        "working_side": side,
+        "hash_ms": round(read, 2),
+        "full_decode_ms": round(ms(full), 2),
+        "reduced_decode_ms": round(ms(reduced), 2),
+        "scan_check_ms": round(ms(lambda d: inspect_image(d, side=side)), 2),
+    }
+    times["full_over_reduced"] = round(
+        (read + times["full_decode_ms"]) / (read + times["reduced_decode_ms"]), 3
+    )
+    return times
+
+
 def stage_scan(args) -> dict:
     """``check_data`` as ``transferkit data check`` calls it: cold, then warm; before
     it, the full-decode scan of the same files (``full_decode_scan``) for a ratio
@@ -164,6 +231,7 @@ def stage_scan(args) -> dict:
         "warm_images_per_s": round(report.scanned / warm, 2),
         "full_decode_images_per_s": round(reference_files / reference, 2),
         "cold_over_full_decode": round((report.scanned / cold) / (reference_files / reference), 3),
+        "decode_floor": decode_floor(args.data, args.image_size),
     }
 
 
@@ -252,13 +320,14 @@ class Child:
         self.work = work
         self.count = 0
 
-    def run(self, name: str, cmd: list[str]) -> dict:
+    def run(self, name: str, cmd: list[str], env: dict | None = None) -> dict:
         self.count += 1
         tag = f"{self.count:02d}-{name}"
         env = {
             **os.environ,
             "TRANSFERKIT_CACHE_DIR": str(self.work / f"cache-{tag}"),
             "TRANSFERKIT_PROGRESS": "0",
+            **(env or {}),
         }
         log, out = self.work / f"{tag}.log", self.work / f"{tag}.out"
         print(f"photos: {name} ...", file=sys.stderr, flush=True)
@@ -316,13 +385,19 @@ def _fit_command(args, data: Path, run: Path, work: Path) -> list[str]:
     return cmd
 
 
-def fine_tune(child: Child, args, data: Path) -> tuple[dict, Path]:
-    """``transferkit fit --strategy fine-tune``; per-epoch seconds from history.csv."""
-    run = child.work / "run"
-    ran = child.run("fit", _fit_command(args, data, run, child.work))
+def fine_tune(
+    child: Child, args, data: Path, name: str = "fit", env: dict | None = None
+) -> tuple[dict, Path]:
+    """``transferkit fit --strategy fine-tune``; per-epoch seconds from history.csv,
+    and of them the seconds spent waiting for batches (``input_seconds``, where the
+    code records it)."""
+    run = child.work / name
+    ran = child.run(name, _fit_command(args, data, run, child.work), env)
     metrics = json.loads((run / "metrics.json").read_text())
     with open(run / "history.csv", newline="") as f:
-        epochs = [float(r["seconds"]) for r in csv.DictReader(f) if r["phase"] == "fine-tune"]
+        rows = [r for r in csv.DictReader(f) if r["phase"] == "fine-tune"]
+    epochs = [float(r["seconds"]) for r in rows]
+    waits = [float(r["input_seconds"]) for r in rows if r.get("input_seconds")]
     later = statistics.median(epochs[1:]) if len(epochs) > 1 else None
     phases = sum(p["seconds"] for p in metrics["phases"])
     return {
@@ -333,11 +408,56 @@ def fine_tune(child: Child, args, data: Path) -> tuple[dict, Path]:
         "first_epoch_seconds": round(epochs[0], 3),
         "later_epochs_median_seconds": None if later is None else round(later, 3),
         "first_over_later_epochs": None if later is None else round(epochs[0] / later, 3),
+        "epoch_input_seconds": [round(w, 3) for w in waits] or None,
+        "epoch_input_share": [round(w / e, 3) for w, e in zip(waits, epochs, strict=False)] or None,
         "fit_seconds_total": round(metrics["seconds_total"], 3),
         "fit_seconds_outside_phases": round(metrics["seconds_total"] - phases, 3),
         "command_seconds": round(ran["seconds"], 3),
         "peak_rss_mib": ran["peak_rss_mib"],
     }, run
+
+
+_SCAN_ONLY = (
+    "import sys, time\n"
+    "from transferkit.data import check_data\n"
+    "start = time.perf_counter()\n"
+    "report = check_data(sys.argv[1], val_split=0.2, seed=0)\n"
+    "print(report.scanned / (time.perf_counter() - start))\n"
+)
+
+
+def reference_runs(child: Child, args, data: Path, this_fit: dict) -> dict:
+    """The code in ``--reference`` against this code, in this run: cold scans
+    (``check_data``, each in a fresh process with an empty cache), alternating
+    reference and this code twice, then the reference's fine-tuning fit."""
+    ref = Path(args.reference).resolve()
+    ref_env = {"PYTHONPATH": str(ref / "src")}
+    this_env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    speeds: dict[str, list[float]] = {"reference": [], "this": []}
+    for _ in range(2):
+        for who, env in (("reference", ref_env), ("this", this_env)):
+            ran = child.run(f"scan-{who}", [sys.executable, "-c", _SCAN_ONLY, str(data)], env)
+            speeds[who].append(round(float(ran["stdout"].read_text().split()[-1]), 2))
+    old, _ = fine_tune(child, args, data, "fit-reference", ref_env)
+    commit = subprocess.run(
+        ["git", "-C", str(ref), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    med = {k: statistics.median(v) for k, v in speeds.items()}
+    return {
+        "reference": str(ref),
+        "reference_commit": commit or None,
+        "scan_images_per_s": speeds,
+        "scan_speedup": round(med["this"] / med["reference"], 3),
+        "reference_epoch_seconds": old["epoch_seconds"],
+        "fine_tune_first_epoch_speedup": round(
+            old["first_epoch_seconds"] / this_fit["first_epoch_seconds"], 2
+        ),
+        "fine_tune_later_epochs_speedup": round(
+            old["later_epochs_median_seconds"] / this_fit["later_epochs_median_seconds"], 2
+        ),
+        "reference_fit_seconds_total": old["fit_seconds_total"],
+        "this_fit_seconds_total": this_fit["fit_seconds_total"],
+    }
 
 
 def predict_agreement(child: Child, args, run: Path) -> dict:
@@ -435,6 +555,9 @@ def _targets(result: dict, baseline: dict | None) -> dict:
         "predict_top1_agreement": result["predict"]["top1_agreement"],
         "scan_speedup_over_baseline": None,
         "scan_over_full_decode_same_run": result["scan"].get("cold_over_full_decode"),
+        "scan_speedup_over_reference_same_run": result.get("same_run_reference", {}).get(
+            "scan_speedup"
+        ),
     }
     if baseline:
         old = baseline["scan"]["cold_images_per_s"]
@@ -488,6 +611,7 @@ def measure(args, manifest: dict, folder: Path, work: Path) -> dict:
     stages = {name: _stage(child, args, name, root) for name in STAGES}
     fine, run = fine_tune(child, args, root)
     predict = predict_agreement(child, args, run)
+    reference = reference_runs(child, args, root, fine) if args.reference else None
     scaling = {"statement": "not measured (--no-scaling)"}
     if args.scaling:
         scaling = scaling_runs(child, args, root)
@@ -500,6 +624,7 @@ def measure(args, manifest: dict, folder: Path, work: Path) -> dict:
         "predict": predict,
         "peak_rss_mib": peaks,
         "memory_scaling": scaling,
+        **({"same_run_reference": reference} if reference else {}),
     }
 
 

@@ -67,6 +67,7 @@ def test_the_photo_benchmark_reports_every_measure_on_a_few_small_jpegs(tmp_path
     cmd += ["--image-size", "32", "--backbone", "test_efficientnet", "--weights", "none"]
     cmd += ["--batch-size", "4", "--fine-tune-epochs", "2", "--no-scaling"]
     cmd += ["--folder", str(tmp_path / "photos"), "--out", str(out)]
+    cmd += ["--reference", str(ROOT)]  # this code against itself: the machinery runs
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -88,8 +89,20 @@ def test_the_photo_benchmark_reports_every_measure_on_a_few_small_jpegs(tmp_path
         "predict_top1_agreement",
         "scan_speedup_over_baseline",
         "scan_over_full_decode_same_run",
+        "scan_speedup_over_reference_same_run",
     }
     assert result["scan"]["full_decode_images_per_s"] > 0 < result["scan"]["cold_over_full_decode"]
+    floor = result["scan"]["decode_floor"]
+    assert floor["files"] == 8 and floor["full_over_reduced"] > 0
+    assert all(floor[k] > 0 for k in ("full_decode_ms", "reduced_decode_ms", "scan_check_ms"))
+    fine = result["fine_tune"]
+    assert len(fine["epoch_input_seconds"]) == 2
+    waits = zip(fine["epoch_input_seconds"], fine["epoch_seconds"], strict=True)
+    assert all(0 < w <= e for w, e in waits)
+    ref = result["same_run_reference"]
+    assert [len(v) for v in ref["scan_images_per_s"].values()] == [2, 2]
+    assert ref["scan_speedup"] > 0 and len(ref["reference_epoch_seconds"]) == 2
+    assert result["targets"]["scan_speedup_over_reference_same_run"]["value"] == ref["scan_speedup"]
     assert result["photos"]["images"] == 8 and result["photos"]["exif_rotated"] == 2
     assert not list(Path(result["photos"]["folder"]).glob("*/*.tmp"))
 

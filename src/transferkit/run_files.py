@@ -31,6 +31,7 @@ HISTORY_FIELDS = [
     "val_acc",
     "lr",
     "seconds",
+    "input_seconds",
 ]
 
 

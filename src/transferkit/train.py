@@ -33,7 +33,7 @@ from .features import FeatureCache, representation_for
 from .heads import TransferModel
 from .strategies import get_strategy
 from .strategies.base import TrainingInputs, evaluate_split, extraction
-from .training import History, Interruption, PhaseResult, ProgressReport, Runtime
+from .training import History, InputWait, Interruption, PhaseResult, ProgressReport, Runtime
 from .trust.fit import fit_trust
 from .trust.tta import decide_tta
 
@@ -103,7 +103,7 @@ def train(
     backbone = check_settings(backbone, config, runtime.compute)  # before any image is read
     features = features or FeatureCache(config.cache_dir)
     history = History()
-    own = (history, ProgressReport(), Interruption())
+    own = (history, InputWait(), ProgressReport(), Interruption())
     inputs = _planned_inputs(backbone, splits, config, features, runtime, (*own, *callbacks))
     _check_processes_agree(inputs)
     torch.manual_seed(config.seed)

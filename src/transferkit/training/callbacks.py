@@ -219,6 +219,7 @@ class History(Callback):
                 "val_acc": state.val.accuracy,
                 "lr": max(g["lr"] for g in state.optimizer.param_groups),
                 "seconds": state.epoch_seconds,
+                "input_seconds": state.input_seconds,
             }
         )
 
@@ -227,6 +228,78 @@ class History(Callback):
 
     def load_state_dict(self, doc: dict) -> None:
         self.rows[:] = doc.get("rows", [])
+
+
+class InputWait(Callback):
+    """Times how long each epoch's training loop waits for its next batch
+    (``state.input_seconds``; ``history.csv``'s ``input_seconds``), and says once,
+    at the end of a phase of at least ``min_seconds``, when input took more than
+    ``warn_share`` of its training time: the loader, not the model, set the pace.
+
+    It wraps the loader itself (lowest ``order``), so the wait is the decode,
+    transform and collate of each batch, or the wait for loader processes that
+    have not kept up; time spent on the model is not counted."""
+
+    order = 0
+    warn_share = 0.25
+    min_seconds = 10.0
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.phase_input = self.phase_train = 0.0
+
+    def on_phase_start(self, state) -> None:
+        self.phase_input = self.phase_train = 0.0
+
+    def wrap_batches(self, state, batches: Iterable) -> Iterable:
+        state.input_seconds = 0.0
+        timed = _TimedBatches(self, state, batches)
+        return timed if hasattr(batches, "__len__") else iter(timed)
+
+    def on_phase_end(self, state) -> None:
+        if state.config.fast_epochs or self.phase_train < self.min_seconds:
+            return
+        share = self.phase_input / self.phase_train
+        if share > self.warn_share:
+            log.info(
+                "%s: %.0f%% of the training time (%.1f of %.1f s) went to waiting for "
+                "images, not to the model: more loader processes (--workers) where cores "
+                "are free, or a smaller --image-size, would speed it up",
+                state.name,
+                100 * share,
+                self.phase_input,
+                self.phase_train,
+            )
+
+
+@dataclass
+class _TimedBatches:
+    """``batches`` with the time spent in each ``next`` added to
+    ``state.input_seconds``; keeps ``len`` (the progress bar needs it)."""
+
+    owner: InputWait
+    state: object
+    batches: Iterable
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator:
+        clock, state = self.owner.clock, self.state
+        it = iter(self.batches)
+        began = clock()
+        try:
+            while True:
+                t0 = clock()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                state.input_seconds += clock() - t0
+                yield batch
+        finally:
+            self.owner.phase_input += state.input_seconds
+            self.owner.phase_train += clock() - began
 
 
 class ProgressReport(Callback):

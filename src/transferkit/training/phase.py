@@ -108,6 +108,7 @@ class PhaseState:
     train: EpochStats | None = None
     val: Evaluation | None = None
     epoch_seconds: float = 0.0
+    input_seconds: float = 0.0  # of this epoch's training, waiting for batches (InputWait)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
