@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
+from .jpeg_structure import structure_problem
 
 # PIL's own decompression-bomb limit (~89 Mpx): a 9,500 x 9,500 photo passes, a
 # crafted 50,000 x 50,000 PNG of a few kilobytes does not.
@@ -113,9 +114,12 @@ def inspect_image(
 
     Every failure becomes a ``Probe`` with a reason instead of an exception: one bad
     file must never stop a scan. The pixel count is checked from the header, before
-    any pixel is decoded, so decompression bombs cost nothing. A JPEG is decoded at
-    reduced scale (draft mode): every entropy-coded block is still decoded, so a
-    truncated or broken file fails exactly as in a full decode, at half the cost.
+    any pixel is decoded, so decompression bombs cost nothing. A JPEG that needs no
+    working copy is not decoded at all when its marker structure vouches for it
+    (``jpeg_structure``: a few milliseconds instead of ~40 for a 12 MP photo); one
+    it cannot vouch for, and every JPEG that needs a copy, is decoded at reduced
+    scale (draft mode): every entropy-coded block is still decoded, so a truncated
+    or broken file fails exactly as in a full decode, at half the cost.
 
     Returns:
         ``(probe, copy)``: ``copy`` is the working copy's file bytes (see
@@ -136,6 +140,8 @@ def inspect_image(
     with img:
         w, h = img.size
         copying = side is not None and min(w, h) > side
+        if not copying and _vouched_without_decoding(img, data, max_pixels):
+            return Probe(True, "ok", None, w, h, img.mode, _orientation(img)), None
         problem = _decode_problem(img, max_pixels, side if copying else 1)
         if problem is not None:
             kind, reason = problem
@@ -145,6 +151,18 @@ def inspect_image(
             return probe, working_copy(img, side) if copying else None
         except Exception:  # the verdict stands; the loader makes the copy itself
             return probe, None
+
+
+def _vouched_without_decoding(img: Image.Image, data: bytes, max_pixels: int) -> bool:
+    """Whether an opened JPEG in a mode we convert is known good from its markers
+    alone. Only ever says yes: a file it cannot vouch for is decoded to decide."""
+    w, h = img.size
+    return (
+        img.format in ("JPEG", "MPO")
+        and img.mode in ("L", "RGB", "CMYK")
+        and w * h <= max_pixels
+        and structure_problem(data) is None
+    )
 
 
 def _decode_problem(img: Image.Image, max_pixels: int, side: int) -> tuple[str, str] | None:
