@@ -30,9 +30,7 @@ GOOD = {
     "progressive": lambda: _jpeg(_photo(), quality=90, progressive=True),
     "no chroma subsampling": lambda: _jpeg(_photo(), quality=75, subsampling=0),
     "restart markers": lambda: _jpeg(_photo(), quality=85, restart_marker_blocks=2),
-    "progressive with restarts": lambda: _jpeg(
-        _photo(), progressive=True, restart_marker_rows=1
-    ),
+    "progressive with restarts": lambda: _jpeg(_photo(), progressive=True, restart_marker_rows=1),
     "grayscale": lambda: _jpeg(_photo().convert("L")),
     "CMYK": lambda: _jpeg(_photo().convert("CMYK")),
     "EXIF rotated": lambda: _jpeg(_photo(), exif=_rotated_exif()),
@@ -119,9 +117,7 @@ def test_never_vouches_for_a_file_the_decoder_refuses():
 def test_data_check_does_not_decode_a_jpeg_it_can_vouch_for(monkeypatch):
     decoded = []
     real = images._decode_problem
-    monkeypatch.setattr(
-        images, "_decode_problem", lambda *a: decoded.append(1) or real(*a)
-    )
+    monkeypatch.setattr(images, "_decode_problem", lambda *a: decoded.append(1) or real(*a))
     probe, copy = inspect_image(GOOD["EXIF rotated"]())
     assert probe.ok and copy is None and decoded == []
     assert (probe.width, probe.height, probe.orientation) == (96, 64, 6)
@@ -130,9 +126,7 @@ def test_data_check_does_not_decode_a_jpeg_it_can_vouch_for(monkeypatch):
 def test_a_jpeg_it_cannot_vouch_for_is_decoded_to_decide(monkeypatch):
     decoded = []
     real = images._decode_problem
-    monkeypatch.setattr(
-        images, "_decode_problem", lambda *a: decoded.append(1) or real(*a)
-    )
+    monkeypatch.setattr(images, "_decode_problem", lambda *a: decoded.append(1) or real(*a))
     good = GOOD["baseline"]()
     sos = good.index(b"\xff\xda")
     end = sos + 2 + int.from_bytes(good[sos + 2 : sos + 4], "big")

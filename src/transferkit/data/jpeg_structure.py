@@ -59,27 +59,20 @@ class _Walk:
     def run(self) -> None:
         if not self.data.startswith(b"\xff\xd8"):
             raise _Unsure("does not start with a JPEG start-of-image marker")
-        while True:
-            marker = self._marker()
-            if marker == _EOI:
-                break
+        handlers = {_DHT: self._huffman_tables, _DQT: self._quant_tables, _DRI: _restart}
+        while (marker := self._marker()) != _EOI:
             if marker in (0x00, 0x01, _SOI) or 0xD0 <= marker <= 0xD7:
                 raise _Unsure(f"marker 0x{marker:02X} out of place")
             segment = self._segment(marker)
             if marker in _HUFFMAN_FRAMES:
                 self._frame(segment, _HUFFMAN_FRAMES[marker])
-            elif marker in _OTHER_FRAMES or marker == 0xCC:
-                raise _Unsure(f"coding process 0x{marker:02X} (not Huffman baseline/progressive)")
-            elif marker == _DHT:
-                self._huffman_tables(segment)
-            elif marker == _DQT:
-                self._quant_tables(segment)
-            elif marker == _DRI:
-                if len(segment) != 2:
-                    raise _Unsure("restart-interval segment of the wrong length")
             elif marker == _SOS:
                 self._scan(segment)
                 self._skip_scan_data()
+            elif marker in handlers:
+                handlers[marker](segment)
+            elif marker in _OTHER_FRAMES or marker == 0xCC:
+                raise _Unsure(f"coding process 0x{marker:02X} (not Huffman baseline/progressive)")
             elif marker not in _SKIPPED:
                 raise _Unsure(f"unexpected marker 0x{marker:02X}")
         self._complete()
@@ -159,48 +152,50 @@ class _Walk:
             i += 1 + size
 
     def _scan(self, seg: bytes) -> None:
+        comps = self._scan_components(seg)
+        ss, se, ah, al = seg[-3], seg[-2], seg[-1] >> 4, seg[-1] & 15
+        frame = self.frame
+        if len(comps) > 1 and sum(frame[c][0] * frame[c][1] for c in comps) > _MAX_BLOCKS_IN_MCU:
+            raise _Unsure("too many blocks per MCU")
+        if self.progressive:
+            self._progressive_scan(comps, ss, se, ah, al)
+        elif (ss, se, ah, al) != (0, 63, 0, 0):
+            raise _Unsure("sequential scan with progressive parameters")
+        else:
+            self.sequential_seen.update(comps)
+        for i in range(len(comps)):
+            td, ta = seg[2 + 2 * i] >> 4, seg[2 + 2 * i] & 15
+            if not self.progressive or (ss == 0 and ah == 0):
+                self._table_used(0, td)
+            if not self.progressive or ss > 0:
+                self._table_used(1, ta)
+
+    def _scan_components(self, seg: bytes) -> list[int]:
         frame = self.frame
         if frame is None:
             raise _Unsure("scan before the frame header")
         n = seg[0] if seg else 0
         if not 1 <= n <= 4 or len(seg) != 4 + 2 * n:
             raise _Unsure("scan header with a bad component count or length")
-        comps = []
+        comps: list[int] = []
         for i in range(n):
-            cid, tables = seg[1 + 2 * i], seg[2 + 2 * i]
+            cid = seg[1 + 2 * i]
             if cid not in frame or cid in comps:
                 raise _Unsure("scan names a component the frame does not have")
-            comps.append(cid)
             if frame[cid][2] not in self.quant:
                 raise _Unsure("scan uses an undefined quantisation table")
-            comps_tables = (tables >> 4, tables & 15)
-            if comps_tables[0] > 3 or comps_tables[1] > 3:
-                raise _Unsure("scan names a Huffman table out of range")
-        ss, se, ah, al = seg[-3], seg[-2], seg[-1] >> 4, seg[-1] & 15
-        if n > 1 and sum(frame[c][0] * frame[c][1] for c in comps) > _MAX_BLOCKS_IN_MCU:
-            raise _Unsure("too many blocks per MCU")
-        if self.progressive:
-            if ss > se or se > 63 or (ss == 0) != (se == 0) or (ss > 0 and n > 1):
-                raise _Unsure("progressive scan with bad spectral parameters")
-            if ah > 13 or al > 13:
-                raise _Unsure("progressive scan with bad approximation parameters")
-            dc_first = ss == 0 and ah == 0
-            if ss > 0 and not self.dc_seen.issuperset(comps):
-                raise _Unsure("AC scan before the component's DC scan")
-            if ss == 0 and ah > 0 and not self.dc_seen.issuperset(comps):
-                raise _Unsure("DC refinement before the DC scan")
-            if dc_first:
-                self.dc_seen.update(comps)
-        else:
-            if (ss, se, ah, al) != (0, 63, 0, 0):
-                raise _Unsure("sequential scan with progressive parameters")
-            self.sequential_seen.update(comps)
-        for i in range(n):
-            td, ta = seg[2 + 2 * i] >> 4, seg[2 + 2 * i] & 15
-            if not self.progressive or (ss == 0 and ah == 0):
-                self._table_used(0, td)
-            if not self.progressive or ss > 0:
-                self._table_used(1, ta)
+            comps.append(cid)
+        return comps
+
+    def _progressive_scan(self, comps: list[int], ss: int, se: int, ah: int, al: int) -> None:
+        if ss > se or se > 63 or (ss == 0) != (se == 0) or (ss > 0 and len(comps) > 1):
+            raise _Unsure("progressive scan with bad spectral parameters")
+        if ah > 13 or al > 13:
+            raise _Unsure("progressive scan with bad approximation parameters")
+        if (ss > 0 or ah > 0) and not self.dc_seen.issuperset(comps):
+            raise _Unsure("refinement or AC scan before the component's first DC scan")
+        if ss == 0 and ah == 0:
+            self.dc_seen.update(comps)
 
     def _table_used(self, tc: int, th: int) -> None:
         table = self.huffman.get((tc, th))
@@ -222,6 +217,11 @@ class _Walk:
         seen = self.dc_seen if self.progressive else self.sequential_seen
         if seen != needed:
             raise _Unsure("not every component has image data")
+
+
+def _restart(segment: bytes) -> None:
+    if len(segment) != 2:
+        raise _Unsure("restart-interval segment of the wrong length")
 
 
 def _check_code_lengths(counts: bytes) -> None:
