@@ -111,3 +111,37 @@ def test_gpu_batches_read_the_copies_the_scan_made(tmp_path, monkeypatch):
     monkeypatch.setattr(loaders, "gpu_decodable", lambda ds, device: True)
     x, _ = next(iter(create_loader(dataset, batch_size=len(dataset), device="cpu")))
     assert torch.isfinite(x).all()
+
+
+def test_subsets_from_feature_extraction_take_the_gpu_path(tmp_path, monkeypatch):
+    """Feature extraction hands the loader a Subset (the images without stored
+    features): it must still be decoded from the copies' bytes, rows in order."""
+    data = mixed_folder(tmp_path / "photos")
+    dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
+    picked = torch.utils.data.Subset(torch.utils.data.Subset(dataset, [7, 5, 3, 1, 0]), [0, 2, 4])
+    assert gpu.tensor_transform(picked) is not None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu, "_decoder_works", lambda device: True)
+    assert gpu.gpu_decodable(picked, "cuda")
+    monkeypatch.setattr(loaders, "gpu_decodable", lambda ds, device: True)
+    loader = create_loader(picked, batch_size=8, device="cpu")
+    assert isinstance(loader, loaders._GpuDecodeLoader)
+    x, y = next(iter(loader))
+    expected = torch.stack([dataset[i][0] for i in (7, 3, 0)])
+    assert torch.equal(y, torch.tensor([dataset.examples[i].label for i in (7, 3, 0)]))
+    assert x.shape == expected.shape and (x - expected).abs().mean() < 0.02
+
+
+def test_a_failing_gpu_decoder_is_said_once(monkeypatch, caplog):
+    def broken(datas, device):
+        raise RuntimeError("decode_jpeg: batched decoding is not supported\nmore")
+
+    monkeypatch.setattr(gpu, "decode_jpegs", broken)
+    monkeypatch.setattr(gpu, "_DECODE_OK", {})
+    with caplog.at_level("WARNING", logger="transferkit.data"):
+        assert not gpu._decoder_works(torch.device("cuda:0"))
+        assert not gpu._decoder_works(torch.device("cuda:0"))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "decoded on the CPU instead" in said[0]
+    assert "batched decoding is not supported" in said[0] and "more" not in said[0]
+    assert gpu.decoding_on("cuda:0") is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import threading
 
@@ -118,11 +119,15 @@ def test_loader_with_workers_and_picklable_dataset(tmp_path):
     assert sum(len(y) for _, y in loader) == 12
 
 
-def test_default_workers():
+def test_default_workers(monkeypatch):
     assert default_workers(10, batch_size=64) == 0
-    assert 1 <= default_workers(1000, batch_size=64, device="cuda") <= 4
+    assert 1 <= default_workers(1000, batch_size=64, device="cuda") <= 8
     # on a CPU device the model's threads already use every core
     assert default_workers(1000, batch_size=64, device="cpu") == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_workers(1000, batch_size=64, device="cuda") == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four torchrun processes share 16 cores
+    assert default_workers(1000, batch_size=64, device="cuda") == 4
 
 
 def test_numpy_normalisation_matches_torchvision():

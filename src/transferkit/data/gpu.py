@@ -17,6 +17,7 @@ The GPU result matches the CPU path to within decoder and resampling rounding
 from __future__ import annotations
 
 import io
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -28,13 +29,15 @@ from torch.nn import functional as F
 from .copies import load_working_bytes
 from .images import to_channels
 
+log = logging.getLogger("transferkit.data")
 _DECODE_OK: dict[str, bool] = {}
 
 
 def gpu_decodable(dataset, device: str | torch.device) -> bool:
     """Whether ``create_loader`` should decode ``dataset`` on ``device``: a CUDA
-    device whose nvJPEG decodes, and an ``ImageDataset`` with an evaluation
-    transform (3 channels, centre crop) and a working side."""
+    device whose nvJPEG decodes, and an ``ImageDataset`` (or a ``Subset`` of one,
+    as feature extraction passes the images it has no features for) with an
+    evaluation transform (3 channels, centre crop) and a working side."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
@@ -43,9 +46,29 @@ def gpu_decodable(dataset, device: str | torch.device) -> bool:
     return _decoder_works(device)
 
 
+def unwrap(dataset) -> tuple[object, list[int] | None]:
+    """``(the dataset under any Subsets, the indices into it they select)``; the
+    indices are ``None`` when ``dataset`` is not a ``Subset``."""
+    indices = None
+    while isinstance(dataset, torch.utils.data.Subset):
+        mine = list(dataset.indices)
+        indices = mine if indices is None else [mine[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def encoded(dataset) -> torch.utils.data.Dataset:
+    """``dataset`` as the GPU path reads it: an ``EncodedDataset`` over the
+    ``ImageDataset`` underneath, in a ``Subset`` with the same indices if it was one."""
+    inner, indices = unwrap(dataset)
+    out = EncodedDataset(inner)
+    return out if indices is None else torch.utils.data.Subset(out, indices)
+
+
 def tensor_transform(dataset) -> TensorEvalTransform | None:
     """The GPU equivalent of ``dataset``'s evaluation transform, or ``None`` when it
     has none (training augmentation, 1 channel, another crop mode, no transform)."""
+    dataset, _ = unwrap(dataset)
     cfg = getattr(getattr(dataset, "transform", None), "config", None)
     if getattr(dataset, "side", None) is None or not isinstance(cfg, dict):
         return None
@@ -62,11 +85,23 @@ def _decoder_works(device: torch.device) -> bool:
         try:
             buf = io.BytesIO()
             Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "JPEG")
-            decode_jpegs([buf.getvalue()], device)
+            decode_jpegs([buf.getvalue(), buf.getvalue()], device)
             _DECODE_OK[key] = True
-        except Exception:  # no nvJPEG in this torchvision build, or the GPU refuses
+        except Exception as exc:  # no nvJPEG in this build, too old a torchvision, ...
             _DECODE_OK[key] = False
+            log.warning(
+                "decoding JPEGs on %s failed (%s: %s); images are decoded on the CPU "
+                "instead (batched GPU decoding needs torchvision 0.20 or later with CUDA)",
+                key,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "no message",
+            )
     return _DECODE_OK[key]
+
+
+def decoding_on(device: str | torch.device) -> bool | None:
+    """Whether JPEGs were found to decode on ``device`` (``None``: not tried yet)."""
+    return _DECODE_OK.get(str(torch.device(device)))
 
 
 def decode_jpegs(datas: Sequence[bytes], device: str | torch.device) -> list[torch.Tensor]:
@@ -78,8 +113,13 @@ def decode_jpegs(datas: Sequence[bytes], device: str | torch.device) -> list[tor
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=torch.device(device)))
+        device = torch.device(device)
+        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        if device.type == "cuda":
+            # torchvision's nvJPEG decoder runs on its own stream; work queued on the
+            # current one must be finished first, or it may read unwritten memory.
+            torch.cuda.current_stream(device).synchronize()
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
 
 
 class TensorEvalTransform:
@@ -93,6 +133,13 @@ class TensorEvalTransform:
         self.mode = cfg["interpolation"]
         self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(3, 1, 1) * 255.0
         self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(3, 1, 1) * 255.0
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _moments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std on ``device``, copied there once."""
+        if device not in self._on:
+            self._on[device] = (self.mean.to(device), self.std.to(device))
+        return self._on[device]
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         _, h, w = img.shape
@@ -108,7 +155,8 @@ class TensorEvalTransform:
         top = round((size[0] - self.h) / 2.0)
         left = round((size[1] - self.w) / 2.0)
         x = x[:, top : top + self.h, left : left + self.w]
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean, std = self._moments(x.device)
+        return (x - mean) / std
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -150,9 +198,12 @@ def to_batch(
         decoded = decode_jpegs([datas[i] for i in jpeg_at], device)
         for i, img in zip(jpeg_at, decoded, strict=True):
             out[i] = transform(img)
-    for i, t in enumerate(tensors):
-        if t is not None:
-            if device.type == "cuda":
-                t = t.pin_memory()
-            out[i] = t.to(device, non_blocking=True)
+    cpu_at = [i for i, t in enumerate(tensors) if t is not None]
+    if cpu_at:  # small images: one pinned buffer, one copy
+        stacked = torch.stack([tensors[i] for i in cpu_at])
+        if device.type == "cuda":
+            stacked = stacked.pin_memory()
+        stacked = stacked.to(device, non_blocking=True)
+        for row, i in enumerate(cpu_at):
+            out[i] = stacked[row]
     return torch.stack(out), labels.to(device, non_blocking=True)

@@ -80,7 +80,8 @@ def gaussian_overlap(
 
 
 class _ChannelMoments:
-    """Forward pre-hook summing a layer's input per channel, in float64."""
+    """Forward pre-hook summing a layer's input per channel, in float64, on the
+    layer's device (read back once, by ``mean_var``, not once per batch and layer)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -90,13 +91,13 @@ class _ChannelMoments:
     def __call__(self, _module: nn.Module, inputs: tuple) -> None:
         x = inputs[0].detach().double()
         x = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, everything else)
-        self.sum = self.sum + x.sum(1).cpu()
-        self.sumsq = self.sumsq + (x * x).sum(1).cpu()
+        self.sum = self.sum + x.sum(1)
+        self.sumsq = self.sumsq + (x * x).sum(1)
         self.count += x.shape[1]
 
     def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
-        mean = (self.sum / self.count).numpy()
-        return mean, np.maximum((self.sumsq / self.count).numpy() - mean**2, 0.0)
+        mean = (self.sum / self.count).cpu().numpy()
+        return mean, np.maximum((self.sumsq / self.count).cpu().numpy() - mean**2, 0.0)
 
 
 class BNCapture:
