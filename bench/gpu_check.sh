@@ -2,14 +2,15 @@
 # The GPU check, in one go on a machine with a CUDA GPU: the GPU tests
 # (tests/test_gpu.py), then bench/throughput.py and bench/photos.py with
 # --device cuda --precision bf16 for efficientnet_lite0 and resnet50, each under a
-# timeout so that the whole script ends within GPU_CHECK_BUDGET_S (default 450 s).
+# timeout so that the whole script ends within GPU_CHECK_BUDGET_S (default 420 s).
 # Every JSON goes into one folder, with a summary table (summary.md) and one log.
 #
 # Needs PyTorch, torchvision and timm (and the project's other runtime packages)
 # already installed: nothing is fetched from the internet. transferkit itself runs
-# from this checkout (PYTHONPATH=src). A missing pure-Python package is installed
-# (pip --no-index --no-deps) only from wheels found in --wheels DIR; otherwise the
-# script says which one is missing and stops.
+# from this checkout (PYTHONPATH=src). A missing package is installed (pip
+# --no-index, into a scratch folder) only from wheels found in --wheels DIR, with
+# the wheels of whatever it then fails to import (scipy, joblib, ... for
+# scikit-learn); otherwise the script says which one is missing and stops.
 #
 #   bash bench/gpu_check.sh [--out DIR] [--weights PATH] [--wheels DIR] [--rehearse]
 #
@@ -24,6 +25,8 @@
 #   --wheels DIR   local wheels of missing pure-Python dependencies
 #                  (default: $TK_WHEELS)
 #   --rehearse     no GPU: the same steps on the CPU at toy sizes (checks the script)
+#   --deps-only    only check (and install from --wheels) the Python packages, then
+#                  stop; GPU_CHECK_DEPS="module:dist ..." replaces the list checked
 #
 # Fashion-MNIST for bench/throughput.py is read from TRANSFERKIT_FASHION_MNIST_DIR
 # (default /usr/share/datasets/fashion-mnist); without it that step is skipped.
@@ -36,7 +39,8 @@ OUT_DIR="${OUT:-$ROOT/bench/results/gpu}"
 WEIGHTS="${TK_LITE0_WEIGHTS:-}"
 WHEELS="${TK_WHEELS:-}"
 REHEARSE=0
-BUDGET="${GPU_CHECK_BUDGET_S:-450}"
+DEPS_ONLY=0
+BUDGET="${GPU_CHECK_BUDGET_S:-420}"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "gpu_check: $*" >&2; exit 1; }
@@ -47,6 +51,7 @@ while (($#)); do
         --weights) WEIGHTS="${2:?--weights needs a path}"; shift 2 ;;
         --wheels) WHEELS="${2:?--wheels needs a folder}"; shift 2 ;;
         --rehearse) REHEARSE=1; shift ;;
+        --deps-only) DEPS_ONLY=1; REHEARSE=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
@@ -64,7 +69,7 @@ if ((REHEARSE)); then
     DEVICE=cpu
     PRECISION=fp32
     export TRANSFERKIT_TEST_GPU_DEVICE=cpu # the GPU tests run with the CPU in its place
-    echo "gpu_check: rehearsal on the CPU at toy sizes (no GPU numbers)"
+    ((DEPS_ONLY)) || echo "gpu_check: rehearsal on the CPU at toy sizes (no GPU numbers)"
 elif [[ "${about#*|}" != True ]]; then
     die "no CUDA GPU is visible to PyTorch (${about%|*}): run this on a machine with an NVIDIA GPU and a CUDA build of PyTorch (--rehearse checks the script on a CPU)"
 fi
@@ -85,27 +90,43 @@ log() { echo "$*" | tee -a "$LOG"; }
 # --------------------------------------------------------------- dependencies
 
 # import name -> distribution (wheel file prefix) of transferkit's runtime packages
-DEPS="torch:torch torchvision:torchvision timm:timm safetensors:safetensors numpy:numpy
-PIL:pillow sklearn:scikit-learn matplotlib:matplotlib rich:rich pytest:pytest"
+DEPS="${GPU_CHECK_DEPS:-torch:torch torchvision:torchvision timm:timm safetensors:safetensors numpy:numpy
+PIL:pillow sklearn:scikit-learn matplotlib:matplotlib rich:rich pytest:pytest}"
 
 install_wheel() { # WHEEL: into $SITE, from the file alone
+    "$PY" -m pip --version >/dev/null 2>&1 ||
+        die "'$PY' has no pip to install $(basename "$1") with: install it there, or use an interpreter that has pip"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$1" >>"$LOG" 2>&1
 }
 
+install_with_needs() { # MODULE DIST: DIST's wheel, then a wheel for each module its import lacks
+    local mod="$1" dist="$2" wheel err need round
+    wheel="$(find_wheel "$WHEELS" "${dist//-/_}")"
+    [[ -n "$wheel" ]] && install_wheel "$wheel" || return 1
+    log "installed $dist from $wheel"
+    for round in 1 2 3 4 5 6 7 8; do
+        err="$("$PY" -c "import $mod" 2>&1)" && return 0
+        need="$(sed -n "s/.*No module named '\([^'.]*\).*/\1/p" <<<"$err" | tail -n 1)"
+        wheel="$(find_wheel "$WHEELS" "$need")"
+        if [[ -z "$need" || -z "$wheel" ]]; then
+            log "$dist does not import: ${err##*$'\n'}"
+            return 1
+        fi
+        install_wheel "$wheel" || return 1
+        log "installed $need from $wheel (needed by $dist, round $round)"
+    done
+    return 1
+}
+
 check_deps() {
-    local pair mod dist wheel missing=()
+    local pair mod dist missing=()
     for pair in $DEPS; do
         mod="${pair%%:*}" dist="${pair#*:}"
         "$PY" -c "import $mod" 2>/dev/null && continue
-        wheel="$(find_wheel "$WHEELS" "${dist//-/_}")"
-        if [[ -n "$wheel" ]] && install_wheel "$wheel" && "$PY" -c "import $mod" 2>/dev/null; then
-            log "installed $dist from $wheel"
-        else
-            missing+=("$dist")
-        fi
+        install_with_needs "$mod" "$dist" || missing+=("$dist")
     done
     ((${#missing[@]} == 0)) ||
-        die "missing Python packages: ${missing[*]}; put their wheels in a folder and pass --wheels DIR (nothing is downloaded)"
+        die "missing Python packages: ${missing[*]}; put their wheels (and their dependencies' wheels) in a folder and pass --wheels DIR (nothing is downloaded; see $LOG)"
 }
 
 find_wheel() { # DIR PREFIX: the first PREFIX*.whl in DIR (case-insensitive), or nothing
@@ -150,6 +171,10 @@ EOF
 }
 
 check_deps
+if ((DEPS_ONLY)); then
+    log "gpu_check: every package imports"
+    exit 0
+fi
 lite0_weights
 RESNET50="$WORK/resnet50-random.safetensors"
 random_checkpoint resnet50 "$RESNET50"

@@ -195,6 +195,53 @@ def test_the_gpu_check_names_an_unknown_argument():
     assert proc.stderr.strip() == "gpu_check: unknown argument '--bogus' (see --help)"
 
 
+def _wheel(folder, name: str, code: str):
+    """A minimal pure-Python wheel holding module ``name``."""
+    import zipfile
+
+    dist = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}.py": code,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{dist}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{dist}/RECORD"])
+    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+
+
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode,
+    reason="this interpreter has no pip",
+)
+def test_the_gpu_check_installs_a_missing_package_with_what_it_needs(tmp_path):
+    """A package missing on the GPU machine comes from --wheels, and so do the
+    packages its import then asks for; one whose needs have no wheel is named."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "tkneeds_a", "import tkneeds_b\n")
+    env = {**_env(), "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    env["GPU_CHECK_DEPS"] = "numpy:numpy tkneeds_a:tkneeds-a"
+    run = lambda: subprocess.run(  # noqa: E731
+        ["bash", str(BENCH / "gpu_check.sh"), "--deps-only", "--wheels", str(wheels)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    proc = run()
+    assert proc.returncode == 1
+    assert "missing Python packages: tkneeds-a;" in proc.stderr
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    assert "No module named 'tkneeds_b'" in log
+    _wheel(wheels, "tkneeds_b", "VALUE = 1\n")
+    proc = run()
+    assert proc.returncode == 0, proc.stderr
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    assert "installed tkneeds_b from" in log and "needed by tkneeds-a" in log
+    assert "every package imports" in log
+
+
 def test_epochs_and_scan_are_compared_with_a_baseline_run(bench):
     photos = bench("photos")
     result = {
