@@ -269,6 +269,8 @@ def stage_loader(args) -> dict:
     return {
         "images": len(dataset),
         "workers": workers,
+        # "gpu": working copies decoded by nvJPEG (data/gpu.py); "cpu": Pillow
+        "decoded_on": "gpu" if type(loader).__name__ == "_GpuDecodeLoader" else "cpu",
         "first_pass_images_per_s": round(passes[0], 2),
         "second_pass_images_per_s": round(passes[1], 2) if len(passes) > 1 else None,
     }
@@ -290,8 +292,12 @@ def stage_pipeline(args) -> dict:
     pipe = pipeline_ips(backbone, dataset, digests, features, args, compute)
     after = bare_forward_ips(backbone, shape, n, bs, compute)
     bare = (before + after) / 2
+    from transferkit.data import gpu
+
     return {
         "images": n,
+        # whether nvJPEG decoded the copies (None: not tried, as on a CPU)
+        "gpu_jpeg_decode": gpu.decoding_on(device),
         "input_size": list(shape),
         "pipeline_images_per_s": round(pipe, 2),
         "bare_forward_images_per_s": round(bare, 2),
@@ -641,11 +647,21 @@ def _environment(args, argv) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "torchvision": _version_of("torchvision"),
         "backbone": args.backbone,
         "weights": args.weights or "pretrained",
         "image_size": args.image_size,
         "batch_size": args.batch_size,
     }
+
+
+def _version_of(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def main(argv=None) -> int:
