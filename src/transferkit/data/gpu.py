@@ -142,19 +142,25 @@ class TensorEvalTransform:
         return self._on[device]
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        _, h, w = img.shape
+        """(3, H, W) -> (3, h, w), or a same-sized (N, 3, H, W) batch -> (N, 3, h, w)."""
+        if img.dim() == 4:
+            return self._batch(img)
+        return self._batch(img[None])[0]
+
+    def _batch(self, img: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = img.shape
         if self.h == self.w:  # like T.Resize(int): the shorter side, aspect kept
             short = self.scale[0]
             size = (short, max(1, int(short * w / h))) if h <= w else (int(short * h / w), short)
         else:
             size = self.scale
         x = F.interpolate(
-            img[None].float(), size=size, mode=self.mode, antialias=True, align_corners=False
-        )[0]
+            img.float(), size=size, mode=self.mode, antialias=True, align_corners=False
+        )
         x = x.clamp_(0, 255).round_()  # PIL resizes to 8-bit pixels
         top = round((size[0] - self.h) / 2.0)
         left = round((size[1] - self.w) / 2.0)
-        x = x[:, top : top + self.h, left : left + self.w]
+        x = x[:, :, top : top + self.h, left : left + self.w]
         mean, std = self._moments(x.device)
         return (x - mean) / std
 
@@ -196,8 +202,13 @@ def to_batch(
     jpeg_at = [i for i, d in enumerate(datas) if d is not None]
     if jpeg_at:
         decoded = decode_jpegs([datas[i] for i in jpeg_at], device)
-        for i, img in zip(jpeg_at, decoded, strict=True):
-            out[i] = transform(img)
+        by_shape: dict[tuple, list[int]] = {}  # copies of same-aspect photos: one call
+        for k, img in enumerate(decoded):
+            by_shape.setdefault(tuple(img.shape), []).append(k)
+        for ks in by_shape.values():
+            done = transform(torch.stack([decoded[k] for k in ks]))
+            for row, k in enumerate(ks):
+                out[jpeg_at[k]] = done[row]
     cpu_at = [i for i, t in enumerate(tensors) if t is not None]
     if cpu_at:  # small images: one pinned buffer, one copy
         stacked = torch.stack([tensors[i] for i in cpu_at])
