@@ -37,13 +37,21 @@ def _env() -> dict:
 
 STAGE_KEYS = {
     "scan": {"files", "usable_images", "cold_seconds", "cold_images_per_s", "warm_images_per_s"},
-    "loader": {"images", "workers", "first_pass_images_per_s", "second_pass_images_per_s"},
+    "loader": {
+        "images",
+        "workers",
+        "decoded_on",
+        "first_pass_images_per_s",
+        "second_pass_images_per_s",
+    },
     "pipeline": {
         "images",
         "input_size",
         "pipeline_images_per_s",
         "bare_forward_images_per_s",
-        "bare_forward_before_and_after_images_per_s",
+        "bare_forward_runs_images_per_s",
+        "pipeline_runs_images_per_s",
+        "gpu_jpeg_decode",
         "pipeline_over_bare_forward",
     },
     "fine_tune": {
