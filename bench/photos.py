@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -305,6 +306,8 @@ def stage_pipeline(args) -> dict:
         "images": n,
         # whether nvJPEG decoded the copies (None: not tried, as on a CPU)
         "gpu_jpeg_decode": gpu.decoding_on(device),
+        # the measured choice between nvJPEG and the CPU loader (data/gpu.py)
+        "decode_choices": [dataclasses.asdict(c) for c in gpu.choices()],
         "input_size": list(shape),
         "pipeline_images_per_s": round(pipe_median, 2),
         "bare_forward_images_per_s": round(bare_median, 2),

@@ -52,6 +52,7 @@ STAGE_KEYS = {
         "bare_forward_runs_images_per_s",
         "pipeline_runs_images_per_s",
         "gpu_jpeg_decode",
+        "decode_choices",
         "pipeline_over_bare_forward",
     },
     "fine_tune": {

@@ -31,6 +31,15 @@ SIDE = working_side(64, 0.875)
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(gpu, "_CHOICES", {})
+
+
+@pytest.fixture
+def device_path_wins(monkeypatch):
+    """Where a test forces the GPU path on the CPU, the measured choice says so too
+    (on a CPU, torchvision's decoder may well lose to Pillow)."""
+    won = gpu.DecodeChoice(True, 1000.0, 10.0, 0, 6)
+    monkeypatch.setattr(gpu, "measure_decoding", lambda ds, device, workers: won)
 
 
 def mixed_folder(root):
@@ -79,7 +88,7 @@ def test_the_gpu_path_is_chosen_only_for_cuda_evaluation(tmp_path, monkeypatch):
     assert not gpu.gpu_decodable(evaluation, "cuda")
 
 
-def test_gpu_batches_match_the_cpu_loader(tmp_path, monkeypatch):
+def test_gpu_batches_match_the_cpu_loader(tmp_path, monkeypatch, device_path_wins):
     data = mixed_folder(tmp_path / "photos")
     dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
     cpu_x, cpu_y = next(iter(create_loader(dataset, batch_size=len(dataset))))
@@ -99,7 +108,7 @@ def test_gpu_batches_match_the_cpu_loader(tmp_path, monkeypatch):
     assert (x - cpu_x).abs().mean() < 0.02
 
 
-def test_gpu_batches_read_the_copies_the_scan_made(tmp_path, monkeypatch):
+def test_gpu_batches_read_the_copies_the_scan_made(tmp_path, monkeypatch, device_path_wins):
     data = mixed_folder(tmp_path / "photos")
     dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
     cache = CopyCache()
@@ -113,7 +122,7 @@ def test_gpu_batches_read_the_copies_the_scan_made(tmp_path, monkeypatch):
     assert torch.isfinite(x).all()
 
 
-def test_subsets_from_feature_extraction_take_the_gpu_path(tmp_path, monkeypatch):
+def test_subsets_from_feature_extraction_take_the_gpu_path(tmp_path, monkeypatch, device_path_wins):
     """Feature extraction hands the loader a Subset (the images without stored
     features): it must still be decoded from the copies' bytes, rows in order."""
     data = mixed_folder(tmp_path / "photos")
@@ -145,3 +154,39 @@ def test_a_failing_gpu_decoder_is_said_once(monkeypatch, caplog):
     assert len(said) == 1 and "decoded on the CPU instead" in said[0]
     assert "batched decoding is not supported" in said[0] and "more" not in said[0]
     assert gpu.decoding_on("cuda:0") is False
+
+
+def test_both_input_paths_are_timed_on_the_data_sets_own_copies(tmp_path):
+    data = mixed_folder(tmp_path / "photos")
+    dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
+    choice = gpu.measure_decoding(dataset, "cpu", workers=3)
+    assert choice.sample == 6 and choice.workers == 3  # the six large photos' copies
+    assert choice.device_images_per_s > 0 and choice.cpu_images_per_s > 0
+    assert choice.on_device == (choice.device_images_per_s >= choice.cpu_images_per_s)
+    smalls = [ex for ex in data.train if "small" in ex.path]
+    only_small = ImageDataset(smalls, create_transform(CONFIG, train=False))
+    assert gpu.measure_decoding(only_small, "cpu", workers=3) is None  # nothing to decode
+
+
+@pytest.mark.parametrize("device_wins", [True, False])
+def test_the_measured_faster_path_is_taken_and_said_once(
+    tmp_path, monkeypatch, caplog, device_wins
+):
+    data = mixed_folder(tmp_path / "photos")
+    dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
+    measured = []
+    choice = gpu.DecodeChoice(device_wins, 900.0 if device_wins else 90.0, 400.0, 2, 6)
+    monkeypatch.setattr(
+        gpu, "measure_decoding", lambda ds, device, workers: measured.append(1) or choice
+    )
+    monkeypatch.setattr(loaders, "gpu_decodable", lambda ds, device: True)
+    with caplog.at_level("INFO", logger="transferkit.data"):
+        first = create_loader(dataset, batch_size=4, device="cpu", workers=2)
+        again = create_loader(dataset, batch_size=4, device="cpu", workers=2)
+    chosen = loaders._GpuDecodeLoader if device_wins else loaders._Loader
+    assert type(first) is chosen and type(again) is chosen
+    assert measured == [1]  # once per device, working side and worker count
+    said = [r.getMessage() for r in caplog.records if "evaluation images" in r.getMessage()]
+    assert len(said) == 1
+    where = "decoded on cpu" if device_wins else "decoded by the CPU loader"
+    assert where in said[0] and "in 2 loader processes: ~400 images/s" in said[0]

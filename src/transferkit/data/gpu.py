@@ -10,6 +10,12 @@ working side have no copy: they are transformed on the CPU as before and copied 
 the GPU from pinned memory, non-blocking. Training batches (random crops, flips and
 jitter per image) keep the CPU path with worker processes.
 
+Which path is chosen by measurement (``choose_decoding``): once per process and
+setting, a sample of the data set's copies is decoded both ways, nvJPEG plus the
+tensor transform on the device against Pillow plus the PIL transform on one core
+times the loader processes that would do it; the faster one is used, and the choice
+is logged with both speeds.
+
 The GPU result matches the CPU path to within decoder and resampling rounding
 (``tests/test_photos_gpu.py`` checks the same functions with ``device="cpu"``).
 """
@@ -17,17 +23,20 @@ The GPU result matches the CPU path to within decoder and resampling rounding
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
+import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch.nn import functional as F
 
 from .copies import load_working_bytes
-from .images import to_channels
+from .images import decode_copy, to_channels
 
 log = logging.getLogger("transferkit.data")
 _DECODE_OK: dict[str, bool] = {}
@@ -44,6 +53,90 @@ def gpu_decodable(dataset, device: str | torch.device) -> bool:
     if tensor_transform(dataset) is None:
         return False
     return _decoder_works(device)
+
+
+@dataclass(frozen=True)
+class DecodeChoice:
+    """The measured speeds of the two evaluation input paths, and the one taken."""
+
+    on_device: bool
+    device_images_per_s: float
+    cpu_images_per_s: float  # one core's speed times ``workers``
+    workers: int
+    sample: int
+
+
+_CHOICES: dict[tuple, DecodeChoice | None] = {}
+SAMPLE_IMAGES = 32
+
+
+def choose_decoding(dataset, device: str | torch.device, workers: int) -> DecodeChoice | None:
+    """Whether to decode ``dataset``'s evaluation batches on ``device``, measured
+    (``measure_decoding``) once per device, working side and worker count, and logged
+    once. ``None``: the sample had no working copies (small images only), so there
+    is nothing to decode on the device."""
+    inner, _ = unwrap(dataset)
+    key = (str(torch.device(device)), getattr(inner, "side", None), workers)
+    if key not in _CHOICES:
+        choice = measure_decoding(dataset, device, workers)
+        _CHOICES[key] = choice
+        if choice is not None:
+            log.info(
+                "evaluation images: %s (nvJPEG on %s: %.0f images/s; Pillow in %d loader "
+                "process%s: ~%.0f images/s; measured on %d working copies)",
+                f"decoded on {key[0]}" if choice.on_device else "decoded by the CPU loader",
+                key[0],
+                choice.device_images_per_s,
+                max(1, workers),
+                "" if max(1, workers) == 1 else "es",
+                choice.cpu_images_per_s,
+                choice.sample,
+            )
+    return _CHOICES[key]
+
+
+def choices() -> list[DecodeChoice]:
+    """The choices measured in this process so far (benchmarks record them)."""
+    return [c for c in _CHOICES.values() if c is not None]
+
+
+def measure_decoding(
+    dataset, device: str | torch.device, workers: int, sample: int = SAMPLE_IMAGES
+) -> DecodeChoice | None:
+    """Time both input paths on up to ``sample`` working copies of ``dataset``: one
+    batched decode plus tensor transform on ``device`` (after one warm-up call), and
+    Pillow decode plus the dataset's own transform on this core, scaled by
+    ``max(1, workers)`` (each loader process does the same on its own core)."""
+    device = torch.device(device)
+    inner, indices = unwrap(dataset)
+    order = indices if indices is not None else range(len(inner))
+    reader = EncodedDataset(inner)
+    datas = []
+    for i in itertools.islice(order, 4 * sample):
+        data, _, _ = reader[i]
+        if data is not None:
+            datas.append(data)
+        if len(datas) == sample:
+            break
+    transform = tensor_transform(inner)
+    if not datas or transform is None:
+        return None
+
+    def on_device() -> None:
+        for img in decode_jpegs(datas, device):
+            transform(img)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    on_device()  # warm-up: decoder handles, kernels, the allocator
+    start = time.perf_counter()
+    on_device()
+    device_ips = len(datas) / max(time.perf_counter() - start, 1e-9)
+    start = time.perf_counter()
+    for data in datas:
+        inner.transform(decode_copy(data, "a working copy", inner.channels))
+    cpu_ips = len(datas) / max(time.perf_counter() - start, 1e-9) * max(1, workers)
+    return DecodeChoice(device_ips >= cpu_ips, device_ips, cpu_ips, workers, len(datas))
 
 
 def unwrap(dataset) -> tuple[object, list[int] | None]:

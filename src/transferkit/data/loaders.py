@@ -19,7 +19,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from ..errors import InputError
 from .build import Example
 from .copies import CopyCache, load_working, side_for
-from .gpu import collate_encoded, encoded, gpu_decodable, tensor_transform, to_batch
+from .gpu import (
+    choose_decoding,
+    collate_encoded,
+    encoded,
+    gpu_decodable,
+    tensor_transform,
+    to_batch,
+)
 from .images import open_image
 
 
@@ -162,9 +169,10 @@ def create_loader(
         drop_last: drop a last incomplete batch (keeps BatchNorm heads stable).
 
     On a CUDA device, an ``ImageDataset`` with an evaluation transform is decoded on
-    the GPU (``gpu.py``): workers only read the working copies' bytes, and each
-    batch is decoded, resized and normalised there in one go. Batches then arrive on
-    the device already.
+    the GPU (``gpu.py``) when a measurement on a sample of its working copies finds
+    that faster than the loader processes: workers then only read the copies' bytes,
+    and each batch is decoded, resized and normalised there in one go. Batches then
+    arrive on the device already.
 
     Example:
         >>> loader = create_loader(ImageDataset(data.train, tf), shuffle=True)  # doctest: +SKIP
@@ -190,12 +198,19 @@ def create_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
     )
-    if gpu_decodable(dataset, device):
+    if gpu_decodable(dataset, device) and _decode_on_device(dataset, device, workers):
         settings.update(pin_memory=False, collate_fn=collate_encoded)
         return _GpuDecodeLoader(
             encoded(dataset), tensor_transform(dataset), torch.device(device), **settings
         )
     return _Loader(dataset, **settings)
+
+
+def _decode_on_device(dataset, device, workers: int) -> bool:
+    """The measured choice (``gpu.choose_decoding``); with no copies to measure on,
+    the device path (it then only carries CPU tensors, as the CPU loader would)."""
+    choice = choose_decoding(dataset, device, workers)
+    return choice is None or choice.on_device
 
 
 class _Loader(DataLoader):
