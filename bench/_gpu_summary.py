@@ -48,8 +48,8 @@ def photos_rows(folder: Path) -> list[str]:
     rows = [
         "| backbone | scan img/s | loader img/s (1st, 2nd pass) | pipeline / bare img/s "
         "| pipeline / bare | fine-tune epoch 1 / later s | epoch 1 / later | top-1 agreement "
-        "| peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| peak RSS MiB | evaluation input path |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in BACKBONES:
         r = _load(folder, f"photos_{name}")
@@ -64,9 +64,26 @@ def photos_rows(folder: Path) -> list[str]:
             f"| {_get(r, 'fine_tune', 'first_epoch_seconds')} / "
             f"{_get(r, 'fine_tune', 'later_epochs_median_seconds')} "
             f"| {_get(r, 'fine_tune', 'first_over_later_epochs')} "
-            f"| {_get(r, 'predict', 'top1_agreement')} | {peak} |"
+            f"| {_get(r, 'predict', 'top1_agreement')} | {peak} | {input_path(r)} |"
         )
     return rows
+
+
+def input_path(result: dict | None) -> str:
+    """How the pipeline's evaluation batches were made: the measured choice between
+    nvJPEG on the GPU and the CPU loader (data/gpu.py), with both speeds."""
+    pipeline = (result or {}).get("pipeline") or {}
+    if pipeline.get("gpu_jpeg_decode") is False:
+        return "CPU loader (GPU decoding failed: see gpu_check.log)"
+    choices = pipeline.get("decode_choices") or []
+    if not choices:
+        return "CPU loader" if result else "-"
+    c = choices[0]
+    where = "nvJPEG" if c["on_device"] else "CPU loader"
+    return (
+        f"{where} ({c['device_images_per_s']:,.0f} vs "
+        f"{c['cpu_images_per_s']:,.0f} img/s with {max(1, c['workers'])} workers)"
+    )
 
 
 def main(argv=None) -> int:

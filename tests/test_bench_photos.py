@@ -268,3 +268,17 @@ def test_epochs_and_scan_are_compared_with_a_baseline_run(bench):
         "fine_tune_first_epoch": 11.0,
         "fine_tune_later_epochs": 11.0,
     }
+
+
+def test_the_gpu_summary_says_which_input_path_fed_the_model(bench):
+    summary = bench("_gpu_summary")
+    chosen = {"on_device": True, "device_images_per_s": 5210.4, "cpu_images_per_s": 1630.0}
+    ran = {"pipeline": {"gpu_jpeg_decode": True, "decode_choices": [{**chosen, "workers": 8}]}}
+    assert summary.input_path(ran) == "nvJPEG (5,210 vs 1,630 img/s with 8 workers)"
+    lost = {**chosen, "on_device": False, "workers": 0}
+    ran = {"pipeline": {"gpu_jpeg_decode": True, "decode_choices": [lost]}}
+    assert summary.input_path(ran) == "CPU loader (5,210 vs 1,630 img/s with 1 workers)"
+    failed = {"pipeline": {"gpu_jpeg_decode": False, "decode_choices": []}}
+    assert summary.input_path(failed).startswith("CPU loader (GPU decoding failed")
+    assert summary.input_path({"pipeline": {"gpu_jpeg_decode": None}}) == "CPU loader"
+    assert summary.input_path(None) == "-"
