@@ -80,9 +80,10 @@ def input_path(result: dict | None) -> str:
         return "CPU loader" if result else "-"
     c = choices[0]
     where = "nvJPEG" if c["on_device"] else "CPU loader"
+    workers = max(1, c["workers"])
     return (
-        f"{where} ({c['device_images_per_s']:,.0f} vs "
-        f"{c['cpu_images_per_s']:,.0f} img/s with {max(1, c['workers'])} workers)"
+        f"{where} ({c['device_images_per_s']:,.0f} vs {c['cpu_images_per_s']:,.0f} img/s "
+        f"with {workers} worker{'' if workers == 1 else 's'})"
     )
 
 

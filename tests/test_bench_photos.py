@@ -277,7 +277,7 @@ def test_the_gpu_summary_says_which_input_path_fed_the_model(bench):
     assert summary.input_path(ran) == "nvJPEG (5,210 vs 1,630 img/s with 8 workers)"
     lost = {**chosen, "on_device": False, "workers": 0}
     ran = {"pipeline": {"gpu_jpeg_decode": True, "decode_choices": [lost]}}
-    assert summary.input_path(ran) == "CPU loader (5,210 vs 1,630 img/s with 1 workers)"
+    assert summary.input_path(ran) == "CPU loader (5,210 vs 1,630 img/s with 1 worker)"
     failed = {"pipeline": {"gpu_jpeg_decode": False, "decode_choices": []}}
     assert summary.input_path(failed).startswith("CPU loader (GPU decoding failed")
     assert summary.input_path({"pipeline": {"gpu_jpeg_decode": None}}) == "CPU loader"
