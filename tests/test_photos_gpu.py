@@ -190,3 +190,19 @@ def test_the_measured_faster_path_is_taken_and_said_once(
     assert len(said) == 1
     where = "decoded on cpu" if device_wins else "decoded by the CPU loader"
     assert where in said[0] and "in 2 loader processes: ~400 images/s" in said[0]
+
+
+def test_with_no_loader_processes_the_bytes_of_a_batch_are_read_on_threads(tmp_path, monkeypatch):
+    data = mixed_folder(tmp_path / "photos")
+    dataset = gpu.EncodedDataset(ImageDataset(data.train, create_transform(CONFIG, train=False)))
+    one_by_one = [dataset[i] for i in (5, 0, 7)]
+    pool = gpu.reading_pool()
+    used = []
+    monkeypatch.setattr(
+        gpu, "reading_pool", lambda: used.append(1) or pool
+    )  # the same threads, counted
+    batch = dataset.__getitems__([5, 0, 7])
+    assert used == [1] and len(batch) == 3
+    for (d1, t1, y1), (d2, t2, y2) in zip(batch, one_by_one, strict=True):
+        assert d1 == d2 and y1 == y2 and (t1 is None) == (t2 is None)
+        assert t1 is None or torch.equal(t1, t2)

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from .copies import load_working_bytes
 from .images import decode_copy, to_channels
+from .reading import reading_pool
 
 log = logging.getLogger("transferkit.data")
 _DECODE_OK: dict[str, bool] = {}
@@ -268,6 +269,13 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """A batch's items, on the reading threads when this is the main process (no
+        loader processes): a missing copy is made from its original on every core."""
+        if len(indices) < 2 or torch.utils.data.get_worker_info() is not None:
+            return [self[i] for i in indices]
+        return list(reading_pool().map(self.__getitem__, indices))
 
     def __getitem__(self, index: int):
         ds = self.dataset

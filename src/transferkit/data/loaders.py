@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from .gpu import (
     to_batch,
 )
 from .images import open_image
+from .reading import reading_pool
 
 
 class ImageDataset(Dataset):
@@ -85,7 +85,7 @@ class ImageDataset(Dataset):
         """
         if len(indices) < 2 or not self._order_free() or get_worker_info() is not None:
             return [self[i] for i in indices]
-        return list(_reading_pool().map(self.__getitem__, indices))
+        return list(reading_pool().map(self.__getitem__, indices))
 
     def _order_free(self) -> bool:
         if self.transform is None:
@@ -105,18 +105,6 @@ class ImageDataset(Dataset):
     @property
     def labels(self) -> list[int]:
         return [ex.label for ex in self.examples]
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _reading_pool() -> ThreadPoolExecutor:
-    """Threads that read batch items in the main process, one per core up to 4."""
-    global _POOL
-    if _POOL is None:
-        threads = max(2, min(4, os.cpu_count() or 1))
-        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="transferkit-read")
-    return _POOL
 
 
 def default_workers(

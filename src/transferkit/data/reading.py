@@ -1,0 +1,23 @@
+"""Threads that read a batch's items in the main process.
+
+Decoding and resizing release the GIL, so with no loader processes (the default on
+a CPU, and on a GPU when the data fit in one batch) a batch is read on every core
+instead of one. Shared by the CPU loader (``loaders.ImageDataset``) and the GPU path
+(``gpu.EncodedDataset``).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def reading_pool() -> ThreadPoolExecutor:
+    """The process's reading threads, one per core up to 4 (at least 2)."""
+    global _POOL
+    if _POOL is None:
+        threads = max(2, min(4, os.cpu_count() or 1))
+        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="transferkit-read")
+    return _POOL
