@@ -168,7 +168,7 @@ def test_an_exif_rotated_photo_gets_an_upright_copy(tmp_path):
     assert np.abs(np.asarray(img, np.float32) - expected).mean() < 2.0
 
 
-def _full_decode_ok(data: bytes) -> bool:
+def full_decode_ok(data: bytes) -> bool:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -192,7 +192,7 @@ def test_reduced_scale_verification_rejects_what_a_full_decode_rejects(tmp_path,
     variants["bad scan header"] = data[: scan + 5] + b"\x77" + data[scan + 6 :]
     for name, variant in variants.items():
         probe = inspect_image(variant)[0]
-        assert probe.ok == _full_decode_ok(variant), name
+        assert probe.ok == full_decode_ok(variant), name
         if name.startswith(("cut", "last", "bad")):
             assert not probe.ok and probe.kind == "corrupt", name
 

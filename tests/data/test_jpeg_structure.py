@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from test_photos_copies import full_decode_ok
 from transferkit.data import images
 from transferkit.data.images import inspect_image
 from transferkit.data.jpeg_structure import structure_problem
@@ -88,15 +89,6 @@ def _corrupt(data: bytes, rng: random.Random) -> bytes:
     return bytes(d)
 
 
-def _decodes(data: bytes) -> bool:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-        return True
-    except Exception:
-        return False
-
-
 def test_never_vouches_for_a_file_the_decoder_refuses():
     """Seeded random damage (truncation, flipped bytes, header damage, zeroed and
     dropped and inserted runs) to every kind of good JPEG: whenever the check
@@ -106,7 +98,7 @@ def test_never_vouches_for_a_file_the_decoder_refuses():
     refused = vouched = 0
     for _ in range(600):
         data = _corrupt(rng.choice(sources), rng)
-        ok = _decodes(data)
+        ok = full_decode_ok(data)
         refused += not ok
         if structure_problem(data) is None:
             vouched += 1
@@ -134,7 +126,7 @@ def test_a_jpeg_it_cannot_vouch_for_is_decoded_to_decide(monkeypatch):
     # A baseline scan header with a successive-approximation bit set: libjpeg warns
     # and decodes; the structure check does not vouch.
     odd = good[: end - 1] + b"\x01" + good[end:]
-    assert structure_problem(odd) is not None and _decodes(odd)
+    assert structure_problem(odd) is not None and full_decode_ok(odd)
     assert inspect_image(odd)[0].ok and decoded == [1]
     truncated = good[: len(good) // 2]
     probe = inspect_image(truncated)[0]
