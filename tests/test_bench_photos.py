@@ -282,3 +282,13 @@ def test_the_gpu_summary_says_which_input_path_fed_the_model(bench):
     assert summary.input_path(failed).startswith("CPU loader (GPU decoding failed")
     assert summary.input_path({"pipeline": {"gpu_jpeg_decode": None}}) == "CPU loader"
     assert summary.input_path(None) == "-"
+
+
+def test_the_jpeg_structure_bench_counts_what_the_walk_vouched_for(bench, capsys):
+    jpeg = bench("jpeg_structure")
+    assert jpeg.main(["--count", "60", "--seed", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["damaged_files"] == 60 and result["vouched_but_refused"] == []
+    assert result["sources_not_vouched_for"] == []
+    assert 0 < result["vouched_for"] < 60 and 0 < result["refused_by_full_decode"] < 60
+    assert result["timing_per_file"]["walk_ms"] < result["timing_per_file"]["full_decode_ms"]
