@@ -65,10 +65,88 @@ def test_damage_is_not_vouched_for(damage, expected):
     assert expected in structure_problem(damage(GOOD["baseline"]()))
 
 
+def _segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each header segment's contents, scans' data skipped."""
+    out, pos = [], 2
+    while data[pos + 1] != 0xD9:
+        marker = data[pos + 1]
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        out.append((marker, pos + 4, end))
+        pos = end
+        if marker == 0xDA:
+            while data[pos] != 0xFF or data[pos + 1] == 0 or 0xD0 <= data[pos + 1] <= 0xD7:
+                pos += 1
+    return out
+
+
+def _edit(data: bytes, marker: int, change, nth: int = 0) -> bytes:
+    """``data`` with the contents of its ``nth`` ``marker`` segment passed through
+    ``change`` (a function of a bytearray, changing it in place)."""
+    start, end = [(s, e) for m, s, e in _segments(data) if m == marker][nth]
+    seg = bytearray(data[start:end])
+    change(seg)
+    return data[:start] + bytes(seg) + data[end:]
+
+
+def _sampling(factors):
+    def change(seg):
+        for i, (h, v) in enumerate(factors):
+            seg[6 + 3 * i + 1] = h << 4 | v
+
+    return change
+
+
+def _refinement_of_two_bits(seg):
+    seg[-1] = 0x20  # Ah=2, Al=0: libjpeg needs Al == Ah - 1
+
+
+def _reversed_components(seg):
+    n = seg[0]
+    pairs = [bytes(seg[1 + 2 * i : 3 + 2 * i]) for i in range(n)]
+    seg[1 : 1 + 2 * n] = b"".join(reversed(pairs))
+
+
+def _scan_twice(data: bytes) -> bytes:
+    return data[:-2] + data[data.index(b"\xff\xda") : -2] + data[-2:]
+
+
+def _first_refinement_scan(data: bytes) -> int:
+    scans = [data[s:e] for m, s, e in _segments(data) if m == 0xDA]
+    return next(i for i, seg in enumerate(scans) if seg[-3] == 0 and seg[-1] >> 4)
+
+
+# Each of these once passed the walk although libjpeg refuses it (found by review).
+REFUSED_BY_LIBJPEG = {
+    "sampling factors 3x1, 2x1, 1x1": lambda d: _edit(d, 0xC0, _sampling([(3, 1), (2, 1), (1, 1)])),
+    "width 65,501": lambda d: _edit(d, 0xC0, lambda seg: seg.__setitem__(slice(3, 5), b"\xff\xdd")),
+    "progressive refinement Ah=2, Al=0": lambda d: _edit(
+        GOOD["progressive"](),
+        0xDA,
+        _refinement_of_two_bits,
+        _first_refinement_scan(GOOD["progressive"]()),
+    ),
+    "a complete baseline scan repeated": _scan_twice,
+    "scan components in reverse order": lambda d: _edit(d, 0xDA, _reversed_components),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_BY_LIBJPEG))
+def test_what_libjpeg_refuses_in_the_headers_is_not_vouched_for(name):
+    data = REFUSED_BY_LIBJPEG[name](GOOD["no chroma subsampling"]())
+    assert not full_decode_ok(data)
+    assert structure_problem(data) is not None
+    probe = inspect_image(data)[0]
+    assert not probe.ok and probe.kind == "corrupt"
+
+
 def _corrupt(data: bytes, rng: random.Random) -> bytes:
     d = bytearray(data)
     n, header = len(d), data.find(b"\xff\xda") + 16
-    kind = rng.randrange(6)
+    kind = rng.randrange(7)
+    if kind == 6:  # one byte of any scan's header (a progressive file has several)
+        start, end = rng.choice([(s, e) for m, s, e in _segments(data) if m == 0xDA])
+        d[rng.randrange(start, end)] = rng.randrange(256)
+        return bytes(d)
     if kind == 0:
         return bytes(d[: rng.randrange(2, n)])
     if kind == 1:
@@ -89,6 +167,7 @@ def _corrupt(data: bytes, rng: random.Random) -> bytes:
     return bytes(d)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # damaged EXIF blocks, on purpose
 def test_never_vouches_for_a_file_the_decoder_refuses():
     """Seeded random damage (truncation, flipped bytes, header damage, zeroed and
     dropped and inserted runs) to every kind of good JPEG: whenever the check

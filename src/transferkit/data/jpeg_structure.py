@@ -29,6 +29,7 @@ _HUFFMAN_FRAMES = {0xC0: False, 0xC1: False, 0xC2: True}  # marker: progressive
 _OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _SKIPPED = set(range(0xE0, 0xF0)) | {0xFE}  # APPn and COM: metadata, skipped by length
 _MAX_BLOCKS_IN_MCU = 10  # libjpeg's D_MAX_BLOCKS_IN_MCU
+_MAX_DIMENSION = 65500  # libjpeg's JPEG_MAX_DIMENSION
 
 
 class _Unsure(Exception):
@@ -116,6 +117,8 @@ class _Walk:
             raise _Unsure(f"{precision}-bit samples")
         if height == 0 or width == 0:
             raise _Unsure("frame header gives no height or width")
+        if max(height, width) > _MAX_DIMENSION:
+            raise _Unsure(f"wider or taller than libjpeg's {_MAX_DIMENSION} pixels")
         if n not in (1, 3, 4) or len(seg) != 6 + 3 * n:
             raise _Unsure("frame header with an unusual component count or length")
         frame = {}
@@ -125,6 +128,10 @@ class _Walk:
             if cid in frame or not (1 <= h <= 4 and 1 <= v <= 4) or tq > 3:
                 raise _Unsure("frame header with a bad component")
             frame[cid] = (h, v, tq)
+        max_h = max(h for h, _, _ in frame.values())
+        max_v = max(v for _, v, _ in frame.values())
+        if any(max_h % h or max_v % v for h, v, _ in frame.values()):
+            raise _Unsure("sampling factors that are not whole ratios of each other")
         self.frame, self.progressive = frame, progressive
 
     def _huffman_tables(self, seg: bytes) -> None:
@@ -161,6 +168,8 @@ class _Walk:
             self._progressive_scan(comps, ss, se, ah, al)
         elif (ss, se, ah, al) != (0, 63, 0, 0):
             raise _Unsure("sequential scan with progressive parameters")
+        elif self.sequential_seen.intersection(comps):
+            raise _Unsure("a sequential scan repeats a component (libjpeg expects the end)")
         else:
             self.sequential_seen.update(comps)
         for i in range(len(comps)):
@@ -185,12 +194,15 @@ class _Walk:
             if frame[cid][2] not in self.quant:
                 raise _Unsure("scan uses an undefined quantisation table")
             comps.append(cid)
+        order = list(frame)
+        if [order.index(c) for c in comps] != sorted(order.index(c) for c in comps):
+            raise _Unsure("scan components not in the frame's order")
         return comps
 
     def _progressive_scan(self, comps: list[int], ss: int, se: int, ah: int, al: int) -> None:
         if ss > se or se > 63 or (ss == 0) != (se == 0) or (ss > 0 and len(comps) > 1):
             raise _Unsure("progressive scan with bad spectral parameters")
-        if ah > 13 or al > 13:
+        if ah > 13 or al > 13 or (ah and al != ah - 1):
             raise _Unsure("progressive scan with bad approximation parameters")
         if (ss > 0 or ah > 0) and not self.dc_seen.issuperset(comps):
             raise _Unsure("refinement or AC scan before the component's first DC scan")
