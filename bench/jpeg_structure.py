@@ -7,7 +7,9 @@ rows, progressive with restarts), EXIF-carrying, grayscale and CMYK JPEGs. Each 
 ``--count`` damaged files (seeded) is one source with one kind of damage: cut at a
 random byte, 1/8/64 random bytes overwritten anywhere, 1/4 bytes overwritten in the
 headers (before the first scan's data), a 4 KiB run zeroed, up to 5,000 bytes
-dropped, up to 300 random bytes inserted, or up to 64 bytes cut from the end.
+dropped, up to 300 random bytes inserted, up to 64 bytes cut from the end, one byte
+of any scan header changed (a progressive file has ten), or a whole header segment
+copied, moved or dropped.
 
 Each is judged three ways: a full Pillow decode, ``inspect_image`` (what ``data
 check`` runs: the marker walk, and a 1/8-scale decode where the walk cannot vouch),
@@ -37,7 +39,37 @@ from PIL import Image
 from transferkit.data.images import inspect_image
 from transferkit.data.jpeg_structure import structure_problem
 
-KINDS = ("cut", "flip1", "flip8", "flip64", "header1", "header4", "zero", "drop", "insert", "tail")
+KINDS = (
+    "cut",
+    "flip1",
+    "flip8",
+    "flip64",
+    "header1",
+    "header4",
+    "scan_header",
+    "segment_copied",
+    "segment_moved",
+    "segment_dropped",
+    "zero",
+    "drop",
+    "insert",
+    "tail",
+)
+
+
+def segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, first byte, end) of each header segment, the 0xFF included; the
+    image data after a scan header is skipped."""
+    out, pos = [], 2
+    while pos + 4 <= len(data) and data[pos + 1] != 0xD9:
+        marker = data[pos + 1]
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        out.append((marker, pos, end))
+        pos = end
+        if marker == 0xDA:
+            while data[pos] != 0xFF or data[pos + 1] == 0 or 0xD0 <= data[pos + 1] <= 0xD7:
+                pos += 1
+    return out
 
 
 def sources() -> dict[str, bytes]:
@@ -69,16 +101,16 @@ def sources() -> dict[str, bytes]:
 def damage(data: bytes, kind: str, rng: random.Random) -> bytes:
     d, n = bytearray(data), len(data)
     header = data.find(b"\xff\xda") + 20
-    if kind == "cut":
-        return bytes(d[: rng.randrange(2, n)])
-    if kind == "tail":
-        return bytes(d[: -rng.randrange(1, 64)])
+    if kind in ("cut", "tail"):
+        return bytes(d[: rng.randrange(2, n) if kind == "cut" else -rng.randrange(1, 64)])
     if kind.startswith("flip"):
         for _ in range(int(kind[4:])):
             d[rng.randrange(n)] = rng.randrange(256)
     elif kind.startswith("header"):
         for _ in range(int(kind[6:])):
             d[rng.randrange(header)] = rng.randrange(256)
+    elif kind == "scan_header" or kind.startswith("segment"):
+        return segment_damage(data, kind, rng)
     elif kind == "zero":
         i = rng.randrange(n)
         d[i : i + 4096] = bytes(len(d[i : i + 4096]))
@@ -88,6 +120,26 @@ def damage(data: bytes, kind: str, rng: random.Random) -> bytes:
     elif kind == "insert":
         i = rng.randrange(n)
         d[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+    return bytes(d)
+
+
+def segment_damage(data: bytes, kind: str, rng: random.Random) -> bytes:
+    """One byte of any scan's header changed (a progressive file has many), or a
+    whole header segment copied, moved or dropped (to before another segment)."""
+    found = segments(data)
+    d = bytearray(data)
+    if kind == "scan_header":
+        _, start, end = rng.choice([x for x in found if x[0] == 0xDA])
+        d[rng.randrange(start + 4, end)] = rng.randrange(256)
+        return bytes(d)
+    _, start, end = rng.choice(found)
+    seg = d[start:end]
+    at = rng.choice([s for _, s, _ in found] + [len(d) - 2])
+    if kind != "segment_copied":
+        del d[start:end]
+        at = at - (end - start) if at >= end else min(at, start)
+    if kind != "segment_dropped":
+        d[at:at] = seg
     return bytes(d)
 
 
