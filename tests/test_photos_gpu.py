@@ -16,6 +16,7 @@ from test_photos_copies import photo
 from transferkit.data import ImageDataset, create_loader, create_transform, gpu, load_data, loaders
 from transferkit.data.copies import CopyCache, working_side
 from transferkit.data.images import open_image
+from transferkit.errors import InputError
 
 CONFIG = {
     "input_size": (3, 64, 64),
@@ -206,3 +207,49 @@ def test_with_no_loader_processes_the_bytes_of_a_batch_are_read_on_threads(tmp_p
     for (d1, t1, y1), (d2, t2, y2) in zip(batch, one_by_one, strict=True):
         assert d1 == d2 and y1 == y2 and (t1 is None) == (t2 is None)
         assert t1 is None or torch.equal(t1, t2)
+
+
+@pytest.mark.parametrize(("pin", "chosen"), [("gpu", "_GpuDecodeLoader"), ("cpu", "_Loader")])
+def test_the_choice_can_be_fixed_without_measuring(tmp_path, monkeypatch, caplog, pin, chosen):
+    data = mixed_folder(tmp_path / "photos")
+    dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
+    monkeypatch.setenv("TRANSFERKIT_GPU_DECODE", pin)
+    monkeypatch.setattr(gpu, "measure_decoding", lambda *a: pytest.fail("measured"))
+    monkeypatch.setattr(loaders, "gpu_decodable", lambda ds, device: True)
+    with caplog.at_level("INFO", logger="transferkit.data"):
+        loader = create_loader(dataset, batch_size=4, device="cpu")
+    assert type(loader).__name__ == chosen
+    assert "(set by TRANSFERKIT_GPU_DECODE)" in caplog.text
+
+
+def test_a_bad_fixed_choice_is_a_one_line_error(tmp_path, monkeypatch):
+    data = mixed_folder(tmp_path / "photos")
+    dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
+    monkeypatch.setenv("TRANSFERKIT_GPU_DECODE", "nvjpeg")
+    with pytest.raises(InputError) as err:
+        gpu.choose_decoding(dataset, "cpu", 0)
+    assert str(err.value) == "TRANSFERKIT_GPU_DECODE must be auto, gpu or cpu, got 'nvjpeg'"
+
+
+def test_a_data_set_without_copies_does_not_decide_for_a_later_one(tmp_path, monkeypatch):
+    data = mixed_folder(tmp_path / "photos")
+    tf = create_transform(CONFIG, train=False)
+    smalls = ImageDataset([ex for ex in data.train if "small" in ex.path], tf)
+    photos = ImageDataset(data.train, tf)
+    assert gpu.choose_decoding(smalls, "cpu", 0) is None
+    assert gpu.choose_decoding(photos, "cpu", 0).sample == 6  # measured, not the None
+
+
+def test_a_device_that_fails_while_measured_leaves_the_cpu_loader(tmp_path, monkeypatch, caplog):
+    data = mixed_folder(tmp_path / "photos")
+    dataset = ImageDataset(data.train, create_transform(CONFIG, train=False))
+
+    def out_of_memory(datas, device):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\ndetails")
+
+    monkeypatch.setattr(gpu, "decode_jpegs", out_of_memory)
+    with caplog.at_level("WARNING", logger="transferkit.data"):
+        choice = gpu.choose_decoding(dataset, "cpu", 2)
+    assert not choice.on_device
+    assert "failed while measuring it (RuntimeError: CUDA out of memory." in caplog.text
+    assert "details" not in caplog.text

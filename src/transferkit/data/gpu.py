@@ -23,9 +23,9 @@ The GPU result matches the CPU path to within decoder and resampling rounding
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,9 +35,10 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from ..errors import InputError
 from .copies import load_working_bytes
 from .images import decode_copy, to_channels
-from .reading import reading_pool
+from .reading import reading_pool, reading_threads
 
 log = logging.getLogger("transferkit.data")
 _DECODE_OK: dict[str, bool] = {}
@@ -62,64 +63,87 @@ class DecodeChoice:
 
     on_device: bool
     device_images_per_s: float
-    cpu_images_per_s: float  # one core's speed times ``workers``
+    cpu_images_per_s: float  # one core's speed times the processes or threads reading
     workers: int
     sample: int
+    pinned: bool = False  # set by TRANSFERKIT_GPU_DECODE, not measured
 
 
-_CHOICES: dict[tuple, DecodeChoice | None] = {}
+_CHOICES: dict[tuple, DecodeChoice] = {}
 SAMPLE_IMAGES = 32
+PIN_ENV = "TRANSFERKIT_GPU_DECODE"
 
 
 def choose_decoding(dataset, device: str | torch.device, workers: int) -> DecodeChoice | None:
-    """Whether to decode ``dataset``'s evaluation batches on ``device``, measured
-    (``measure_decoding``) once per device, working side and worker count, and logged
-    once. ``None``: the sample had no working copies (small images only), so there
-    is nothing to decode on the device."""
+    """Whether to decode ``dataset``'s evaluation batches on ``device``: measured
+    (``measure_decoding``) once per device, working side, transform and worker count,
+    and logged once; or pinned by ``TRANSFERKIT_GPU_DECODE=gpu|cpu`` (``auto``, the
+    default, measures). ``None``: the sample had no working copies (small images
+    only), so there is nothing to decode on the device; not remembered, so a later
+    data set with copies is measured.
+
+    Raises:
+        InputError: ``TRANSFERKIT_GPU_DECODE`` is not auto, gpu or cpu.
+    """
     inner, _ = unwrap(dataset)
-    key = (str(torch.device(device)), getattr(inner, "side", None), workers)
-    if key not in _CHOICES:
+    config = getattr(getattr(inner, "transform", None), "config", None)
+    key = (str(torch.device(device)), getattr(inner, "side", None), workers, repr(config))
+    if key in _CHOICES:
+        return _CHOICES[key]
+    pin = os.environ.get(PIN_ENV, "auto").strip().lower() or "auto"
+    if pin not in ("auto", "gpu", "cpu"):
+        raise InputError(f"{PIN_ENV} must be auto, gpu or cpu, got {pin!r}")
+    if pin == "auto":
         choice = measure_decoding(dataset, device, workers)
-        _CHOICES[key] = choice
-        if choice is not None:
-            log.info(
-                "evaluation images: %s (nvJPEG on %s: %.0f images/s; Pillow in %d loader "
-                "process%s: ~%.0f images/s; measured on %d working copies)",
-                f"decoded on {key[0]}" if choice.on_device else "decoded by the CPU loader",
-                key[0],
-                choice.device_images_per_s,
-                max(1, workers),
-                "" if max(1, workers) == 1 else "es",
-                choice.cpu_images_per_s,
-                choice.sample,
-            )
-    return _CHOICES[key]
+    else:
+        choice = DecodeChoice(pin == "gpu", 0.0, 0.0, workers, 0, pinned=True)
+    if choice is None:
+        return None
+    _CHOICES[key] = choice
+    _say(choice, key[0])
+    return choice
+
+
+def _say(choice: DecodeChoice, device: str) -> None:
+    where = f"decoded on {device}" if choice.on_device else "decoded by the CPU loader"
+    if choice.pinned:
+        log.info("evaluation images: %s (set by %s)", where, PIN_ENV)
+        return
+    readers = (
+        f"{choice.workers} loader process{'' if choice.workers == 1 else 'es'}"
+        if choice.workers
+        else f"{reading_threads()} reading threads"
+    )
+    log.info(
+        "evaluation images: %s (nvJPEG on %s: %.0f images/s; Pillow in %s: ~%.0f "
+        "images/s; measured on %d working copies; %s=gpu or cpu fixes the choice)",
+        where,
+        device,
+        choice.device_images_per_s,
+        readers,
+        choice.cpu_images_per_s,
+        choice.sample,
+        PIN_ENV,
+    )
 
 
 def choices() -> list[DecodeChoice]:
-    """The choices measured in this process so far (benchmarks record them)."""
-    return [c for c in _CHOICES.values() if c is not None]
+    """The choices made in this process so far (benchmarks record them)."""
+    return list(_CHOICES.values())
 
 
 def measure_decoding(
     dataset, device: str | torch.device, workers: int, sample: int = SAMPLE_IMAGES
 ) -> DecodeChoice | None:
-    """Time both input paths on up to ``sample`` working copies of ``dataset``: one
-    batched decode plus tensor transform on ``device`` (after one warm-up call), and
-    Pillow decode plus the dataset's own transform on this core, scaled by
-    ``max(1, workers)`` (each loader process does the same on its own core)."""
+    """Time both input paths on up to ``sample`` working copies spread over
+    ``dataset``: one batched decode plus tensor transform on ``device`` (after one
+    warm-up call), and Pillow decode plus the dataset's own transform on this core,
+    times the loader processes (or, with none, the reading threads) that share the
+    work. A failure on the device is said once and chooses the CPU loader."""
     device = torch.device(device)
     inner, indices = unwrap(dataset)
-    order = indices if indices is not None else range(len(inner))
-    reader = EncodedDataset(inner)
-    datas = []
-    for i in itertools.islice(order, 4 * sample):
-        data, _, _ = reader[i]
-        if data is not None:
-            datas.append(data)
-        if len(datas) == sample:
-            break
     transform = tensor_transform(inner)
+    datas = _sample_copies(inner, indices, sample)
     if not datas or transform is None:
         return None
 
@@ -129,15 +153,45 @@ def measure_decoding(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    on_device()  # warm-up: decoder handles, kernels, the allocator
-    start = time.perf_counter()
-    on_device()
-    device_ips = len(datas) / max(time.perf_counter() - start, 1e-9)
+    readers = workers if workers > 0 else reading_threads()
+    try:
+        on_device()  # warm-up: decoder handles, kernels, the allocator
+        start = time.perf_counter()
+        on_device()
+        device_ips = len(datas) / max(time.perf_counter() - start, 1e-9)
+    except Exception as exc:  # out of memory, a decoder that fails on these files, ...
+        log.warning(
+            "decoding working copies on %s failed while measuring it (%s: %s); the CPU "
+            "loader is used",
+            device,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "no message",
+        )
+        return DecodeChoice(False, 0.0, 0.0, workers, len(datas))
     start = time.perf_counter()
     for data in datas:
         inner.transform(decode_copy(data, "a working copy", inner.channels))
-    cpu_ips = len(datas) / max(time.perf_counter() - start, 1e-9) * max(1, workers)
+    cpu_ips = len(datas) / max(time.perf_counter() - start, 1e-9) * readers
     return DecodeChoice(device_ips >= cpu_ips, device_ips, cpu_ips, workers, len(datas))
+
+
+def _sample_copies(inner, indices: list[int] | None, sample: int) -> list[bytes]:
+    """Up to ``sample`` working copies' bytes, from images spread evenly over the
+    data set (class folders are often in order); unreadable images are skipped."""
+    order = indices if indices is not None else range(len(inner))
+    looked = min(len(order), 4 * sample)
+    reader = EncodedDataset(inner)
+    datas = []
+    for k in range(looked):
+        try:
+            data, _, _ = reader[order[k * len(order) // looked]]
+        except InputError:
+            continue
+        if data is not None:
+            datas.append(data)
+        if len(datas) == sample:
+            break
+    return datas
 
 
 def unwrap(dataset) -> tuple[object, list[int] | None]:

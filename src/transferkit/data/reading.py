@@ -14,10 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 _POOL: ThreadPoolExecutor | None = None
 
 
+def reading_threads() -> int:
+    """How many reading threads there are: one per core up to 4, at least 2."""
+    return max(2, min(4, os.cpu_count() or 1))
+
+
 def reading_pool() -> ThreadPoolExecutor:
-    """The process's reading threads, one per core up to 4 (at least 2)."""
+    """The process's reading threads (``reading_threads`` of them)."""
     global _POOL
     if _POOL is None:
-        threads = max(2, min(4, os.cpu_count() or 1))
-        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="transferkit-read")
+        _POOL = ThreadPoolExecutor(reading_threads(), thread_name_prefix="transferkit-read")
     return _POOL
