@@ -26,7 +26,8 @@
 #                  (default: $TK_WHEELS)
 #   --rehearse     no GPU: the same steps on the CPU at toy sizes (checks the script)
 #   --deps-only    only check (and install from --wheels) the Python packages, then
-#                  stop; GPU_CHECK_DEPS="module:dist ..." replaces the list checked
+#                  stop, logging to gpu_check_deps.log; torch itself must be there;
+#                  GPU_CHECK_DEPS="module:dist ..." replaces the list checked
 #
 # Fashion-MNIST for bench/throughput.py is read from TRANSFERKIT_FASHION_MNIST_DIR
 # (default /usr/share/datasets/fashion-mnist); without it that step is skipped.
@@ -77,6 +78,9 @@ fi
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 LOG="$OUT_DIR/gpu_check.log"
+if ((DEPS_ONLY)); then
+    LOG="$OUT_DIR/gpu_check_deps.log" # a real run's log in the same folder stays
+fi
 : >"$LOG"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tk-gpu-check-XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -107,7 +111,7 @@ install_with_needs() { # MODULE DIST: DIST's wheel, then a wheel for each module
     for round in 1 2 3 4 5 6 7 8; do
         err="$("$PY" -c "import $mod" 2>&1)" && return 0
         need="$(sed -n "s/.*No module named '\([^'.]*\).*/\1/p" <<<"$err" | tail -n 1)"
-        wheel="$(find_wheel "$WHEELS" "$need")"
+        wheel="$(find_wheel "$WHEELS" "$(dist_of "$need")")"
         if [[ -z "$need" || -z "$wheel" ]]; then
             log "$dist does not import: ${err##*$'\n'}"
             return 1
@@ -127,6 +131,19 @@ check_deps() {
     done
     ((${#missing[@]} == 0)) ||
         die "missing Python packages: ${missing[*]}; put their wheels (and their dependencies' wheels) in a folder and pass --wheels DIR (nothing is downloaded; see $LOG)"
+}
+
+dist_of() { # MODULE: the wheel-name prefix of the distribution that provides it
+    case "$1" in
+        dateutil) echo python_dateutil ;;
+        yaml) echo PyYAML ;;
+        PIL) echo pillow ;;
+        sklearn) echo scikit_learn ;;
+        skimage) echo scikit_image ;;
+        google) echo protobuf ;;
+        attr) echo attrs ;;
+        *) echo "$1" ;;
+    esac
 }
 
 find_wheel() { # DIR PREFIX: the first PREFIX*.whl in DIR (case-insensitive), or nothing

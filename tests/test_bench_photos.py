@@ -241,12 +241,12 @@ def test_the_gpu_check_installs_a_missing_package_with_what_it_needs(tmp_path):
     proc = run()
     assert proc.returncode == 1
     assert "missing Python packages: tkneeds-a;" in proc.stderr
-    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    log = (tmp_path / "out" / "gpu_check_deps.log").read_text()
     assert "No module named 'tkneeds_b'" in log
     _wheel(wheels, "tkneeds_b", "VALUE = 1\n")
     proc = run()
     assert proc.returncode == 0, proc.stderr
-    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    log = (tmp_path / "out" / "gpu_check_deps.log").read_text()
     assert "installed tkneeds_b from" in log and "needed by tkneeds-a" in log
     assert "every package imports" in log
 

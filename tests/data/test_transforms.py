@@ -124,10 +124,12 @@ def test_default_workers(monkeypatch):
     assert 1 <= default_workers(1000, batch_size=64, device="cuda") <= 8
     # on a CPU device the model's threads already use every core
     assert default_workers(1000, batch_size=64, device="cpu") == 0
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert default_workers(1000, batch_size=64, device="cuda") == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four torchrun processes share 16 cores
     assert default_workers(1000, batch_size=64, device="cuda") == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_workers(1000, batch_size=64, device="cuda") == 1  # 2 cores, 4 processes
 
 
 def test_numpy_normalisation_matches_torchvision():

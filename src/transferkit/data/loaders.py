@@ -127,9 +127,20 @@ def default_workers(
         return 0
     if torch.device(device).type == "cpu":
         return 0
-    # torchrun starts one process per GPU on a machine: they share its cores.
-    sharing = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
-    return max(1, min(8, (os.cpu_count() or 1) // sharing))
+    # torchrun starts one process per GPU on a machine: they share its cores (those
+    # this process may run on, which a container or taskset may limit).
+    try:
+        sharing = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        sharing = 1
+    return max(1, min(8, _usable_cores() // sharing))
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def create_loader(
