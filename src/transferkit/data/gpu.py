@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from ..errors import InputError
 from .copies import load_working_bytes
-from .images import decode_copy, to_channels
+from .images import _describe, decode_copy, to_channels
 from .reading import reading_pool, reading_threads
 
 log = logging.getLogger("transferkit.data")
@@ -161,11 +161,9 @@ def measure_decoding(
         device_ips = len(datas) / max(time.perf_counter() - start, 1e-9)
     except Exception as exc:  # out of memory, a decoder that fails on these files, ...
         log.warning(
-            "decoding working copies on %s failed while measuring it (%s: %s); the CPU "
-            "loader is used",
+            "decoding working copies on %s failed while measuring it (%s); the CPU loader is used",
             device,
-            type(exc).__name__,
-            str(exc).splitlines()[0] if str(exc) else "no message",
+            _describe(exc),
         )
         return DecodeChoice(False, 0.0, 0.0, workers, len(datas))
     start = time.perf_counter()
@@ -238,11 +236,10 @@ def _decoder_works(device: torch.device) -> bool:
         except Exception as exc:  # no nvJPEG in this build, too old a torchvision, ...
             _DECODE_OK[key] = False
             log.warning(
-                "decoding JPEGs on %s failed (%s: %s); images are decoded on the CPU "
+                "decoding JPEGs on %s failed (%s); images are decoded on the CPU "
                 "instead (batched GPU decoding needs torchvision 0.20 or later with CUDA)",
                 key,
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "no message",
+                _describe(exc),
             )
     return _DECODE_OK[key]
 
